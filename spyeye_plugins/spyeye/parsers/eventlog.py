@@ -302,7 +302,7 @@ class _BinXml:
 
 def decode_value(value_type: int, raw: bytes) -> object:
     """Python value of a BinXML substitution (type codes of the EVTX format)."""
-    if value_type in (0x00,) or not raw:
+    if value_type == 0x00 or not raw:
         return None
     if value_type == 0x01:
         return raw.decode("utf-16-le", "replace").rstrip("\0")
@@ -324,7 +324,7 @@ def decode_value(value_type: int, raw: bytes) -> object:
     if value_type in (0x14, 0x15):
         return f"0x{int.from_bytes(raw, 'little'):0{2 * len(raw)}x}"
     if value_type == 0x81:
-        return ", ".join(s for s in raw.decode("utf-16-le", "replace").split("\0") if s)
+        return ", ".join(raw.decode("utf-16-le", "replace").rstrip("\0").split("\0"))
     return raw.hex()
 
 

@@ -142,17 +142,16 @@ def _kind_of(text: str) -> Optional[str]:
     for kind, pattern in _KIND_PATTERNS:
         if pattern.match(text):
             return kind
-    return known_kind(text) or ("mutex" if _MUTEX_LIKE.match(text) else None)
+    return known_kind(text)
 
 
 def classify(found: FoundString) -> FoundString:
-    """Set `kind`, trying the reversed text when the forward text means nothing."""
-    kind = _kind_of(found.text)
-    if kind is None:
-        kind = _kind_of(found.text[::-1])
-        if kind is not None:
-            found.text, found.reversed = found.text[::-1], True
-    found.kind = kind
+    """Set `kind`; the reversed text is tried before the generic mutex-like shape."""
+    text = found.text
+    kind = _kind_of(text)
+    if kind is None and (kind := _kind_of(text[::-1])) is not None:
+        found.text, found.reversed = text[::-1], True
+    found.kind = kind or ("mutex" if _MUTEX_LIKE.match(text) else None)
     return found
 
 
@@ -160,11 +159,10 @@ def find_known_strings(data: bytes) -> list[FoundString]:
     """Known SpyEye mutex, pipe, webinject, plugin and config-member strings (also reversed)."""
     hits = []
     for found in extract_strings(data):
-        kind = known_kind(found.text)
-        if kind is None and known_kind(found.text[::-1]):
-            found.text, found.reversed, kind = found.text[::-1], True, known_kind(found.text[::-1])
-        if kind is not None:
-            found.kind = kind
+        found.kind = known_kind(found.text)
+        if found.kind is None and (kind := known_kind(found.text[::-1])) is not None:
+            found.text, found.reversed, found.kind = found.text[::-1], True, kind
+        if found.kind is not None:
             hits.append(found)
     return hits
 
@@ -196,6 +194,7 @@ class C1Result(_Serialisable):
 
 
 _XOR_TABLES = [bytes(b ^ key for b in range(256)) for key in range(256)]
+_TEXT_BYTES = bytes([0, 9, 10, 13, *range(0x20, 0x7F)])
 
 
 def _c1_window(data: bytes, marker_offset: int) -> bytes:
@@ -207,8 +206,9 @@ def _c1_window(data: bytes, marker_offset: int) -> bytes:
 
 
 def _cut_zero_run(body: bytes) -> bytes:
+    """The block up to a long zero run, keeping one zero so a final UTF-16 character stays whole."""
     end = body.find(bytes(C1_ZERO_RUN))
-    return body if end < 0 else body[:end]
+    return body if end < 0 else body[:end + 1]
 
 
 def _classified(body: bytes) -> list[FoundString]:
@@ -224,7 +224,10 @@ def _best_xor(body: bytes) -> Optional[tuple[int, bytes, list[FoundString]]]:
     """The single-byte XOR key whose output classifies best, if any reveals a strong field."""
     best: Optional[tuple[tuple[int, int], int, bytes, list[FoundString]]] = None
     for key in range(1, 256):
-        decoded = _cut_zero_run(body.translate(_XOR_TABLES[key]))
+        decoded = body.translate(_XOR_TABLES[key])
+        if len(decoded.translate(None, _TEXT_BYTES)) * 2 > len(decoded):
+            continue  # mostly non-text after this key: cannot hold the strings sought
+        decoded = _cut_zero_run(decoded)
         strings = _classified(decoded)
         score = _score(strings)
         if best is None or score > best[0]:
@@ -309,10 +312,9 @@ def decode_c1(
     if data[marker_offset:marker_offset + len(MARKER)] != MARKER:
         result.reasons.append("no !EYE marker at the given offset")
         return result
-    raw = _c1_window(data, marker_offset)
-    body = _cut_zero_run(raw)
+    body = _cut_zero_run(_c1_window(data, marker_offset))
     strings = _classified(body)
-    if _score(strings)[0] == 0 and (found := _best_xor(raw)) is not None:
+    if _score(strings)[0] == 0 and (found := _best_xor(body)) is not None:
         result.xor_key, body, strings = found
     result.block_length, result.strings = len(body), strings
     result.fields = _read_layout(body, layout) if layout else _group(strings)
@@ -690,15 +692,16 @@ def _size_from_end(data: bytes, start: int) -> Optional[tuple[int, list[ZipMembe
     return None
 
 
-def _member_end(data: bytes, header: tuple[int, ...], data_start: int) -> Optional[int]:
-    """Where a member's data (and data descriptor) ends, or None if unknown."""
-    flags, compressed = header[2], header[7]
+def _member_extent(data: bytes, header: tuple[int, ...], data_start: int) -> Optional[tuple[int, int, int]]:
+    """(end, compressed size, uncompressed size) of a member, reading its data descriptor if needed."""
+    flags, compressed, uncompressed = header[2], header[7], header[8]
     if not flags & 8 or compressed:
-        return data_start + compressed + (_DESCRIPTOR.size if flags & 8 else 0)
+        return data_start + compressed + (_DESCRIPTOR.size if flags & 8 else 0), compressed, uncompressed
     pos = data.find(DESCRIPTOR_SIG, data_start)
     while 0 <= pos <= len(data) - _DESCRIPTOR.size:
-        if _DESCRIPTOR.unpack_from(data, pos)[2] == pos - data_start:
-            return pos + _DESCRIPTOR.size
+        _, _, compressed, uncompressed = _DESCRIPTOR.unpack_from(data, pos)
+        if compressed == pos - data_start:
+            return pos + _DESCRIPTOR.size, compressed, uncompressed
         pos = data.find(DESCRIPTOR_SIG, pos + 1)
     return None
 
@@ -708,12 +711,12 @@ def _walk_locals(data: bytes, start: int, result: ConfigImageResult) -> None:
     pos = start
     while (local := _local_header(data, pos)) is not None and len(result.members) < MAX_MEMBERS:
         header, name, data_start = local
-        end = _member_end(data, header, data_start)
-        if end is None or end > len(data):
+        extent = _member_extent(data, header, data_start)
+        if extent is None or extent[0] > len(data):
             result.warnings.append(f"member {name!r} runs past the end of data")
             break
-        result.members.append(ZipMember(name, header[2], header[3], header[7], header[8]))
-        pos = end
+        pos = extent[0]
+        result.members.append(ZipMember(name, header[2], header[3], extent[1], extent[2]))
     pos = _central_members(data, pos, len(data))[1]
     if data[pos:pos + 4] == END_SIG and pos + _END.size <= len(data):
         pos += _END.size
