@@ -449,7 +449,9 @@ def _frame_at(data: bytes, start: int, hit: int) -> Optional[RecordResult]:
     fields, warnings = _parse_fields(data, pos + 4, count)
     if not any(offset == hit for _, offset, _ in fields):
         return None
-    return RecordResult(hit, True, start, table, count, {name: value for name, _, value in fields}, warnings=warnings)
+    raw = {name: value for name, _, value in fields}
+    return RecordResult(hit, framed=True, frame_offset=start, table=table, declared_fields=count, raw=raw,
+                        warnings=warnings)
 
 
 def _find_frame(data: bytes, hit: int) -> Optional[RecordResult]:

@@ -1,0 +1,36 @@
+"""Shared fixtures: the default synthetic image, built once per test run."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, Tuple
+
+import pytest
+
+from fixtures.build import write_image
+from fixtures.scenarios import SCENARIOS
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+REAL_WIN7_ISF = SHARED / "reference" / "symbols" / "windows" / "ntkrnlmp.pdb" / \
+    "3844DBB920174967BE7AA4A2C20430FA-2.json.xz"
+
+
+def _build(tmp_path_factory, name: str, isf=None) -> Tuple[Path, Dict]:
+    out = tmp_path_factory.mktemp(name)
+    image, truth = write_image(SCENARIOS["spyeye-win7"](), out, isf)
+    return image, json.loads(truth.read_text())
+
+
+@pytest.fixture(scope="session")
+def win7_image(tmp_path_factory) -> Tuple[Path, Dict]:
+    """(image path, ground truth) of the default scenario, project ISF."""
+    return _build(tmp_path_factory, "win7")
+
+
+@pytest.fixture(scope="session")
+def win7_real_isf_image(tmp_path_factory) -> Tuple[Path, Dict]:
+    """The same scenario built against the real Windows 7 SP1 x64 ISF."""
+    if not REAL_WIN7_ISF.exists():
+        pytest.skip("../shared/reference is not present")
+    return _build(tmp_path_factory, "win7real", REAL_WIN7_ISF)
