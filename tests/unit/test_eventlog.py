@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import random
 import struct
-from dataclasses import replace
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Optional
 
 import pytest
+from Evtx.Evtx import Evtx as PyEvtx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -18,7 +19,6 @@ from fixtures.evtx_writer import (
     CHUNK_HEADER_SIZE, CHUNK_SIZE, EVENT_XMLNS, FILE_HEADER_SIZE, EvtxRecordSpec, build_chunk,
     build_file, build_lone_record,
 )
-from Evtx.Evtx import Evtx as PyEvtx
 from spyeye_plugins.spyeye.parsers.eventlog import (
     EventRecord, carve_evt, carve_evtx, filetime_to_datetime,
 )
@@ -28,6 +28,8 @@ NS = {"e": EVENT_XMLNS}
 T0 = datetime(2024, 3, 5, 12, 0, 0, 123456, tzinfo=timezone.utc)
 BASE = 0x7FF6_1234_0000
 CRC_NOTE = "chunk event-records CRC mismatch"
+ChunkAndSpecs = tuple[bytes, list[EvtxRecordSpec]]
+FileAndSpecs = tuple[Path, list[EvtxRecordSpec]]
 
 
 def _specs(count: int, first_id: int = 100, data_len: int = 3) -> list[EvtxRecordSpec]:
@@ -84,7 +86,7 @@ def _close(a: datetime, b: datetime) -> bool:
 
 
 @pytest.fixture(scope="module")
-def evtx_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[EvtxRecordSpec]]:
+def evtx_file(tmp_path_factory: pytest.TempPathFactory) -> FileAndSpecs:
     specs = _specs(260)
     specs[7] = replace(specs[7], header_time=False)
     path = tmp_path_factory.mktemp("evtx") / "generated.evtx"
@@ -92,7 +94,7 @@ def evtx_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Evtx
     return path, specs
 
 
-def test_generated_file_verifies_in_python_evtx(evtx_file: tuple[Path, list[EvtxRecordSpec]]) -> None:
+def test_generated_file_verifies_in_python_evtx(evtx_file: FileAndSpecs) -> None:
     path, specs = evtx_file
     with PyEvtx(str(path)) as log:
         header = log.get_file_header()
@@ -108,7 +110,7 @@ def test_generated_file_verifies_in_python_evtx(evtx_file: tuple[Path, list[Evtx
     assert path.stat().st_size == FILE_HEADER_SIZE + len(chunks) * CHUNK_SIZE
 
 
-def test_python_evtx_and_carver_agree(evtx_file: tuple[Path, list[EvtxRecordSpec]]) -> None:
+def test_python_evtx_and_carver_agree(evtx_file: FileAndSpecs) -> None:
     path, specs = evtx_file
     rows = _pyevtx_rows(path)
     carved = list(carve_evtx(path.read_bytes(), base=BASE))
@@ -126,7 +128,7 @@ def test_python_evtx_and_carver_agree(evtx_file: tuple[Path, list[EvtxRecordSpec
         assert BASE + FILE_HEADER_SIZE <= record.offset < BASE + path.stat().st_size
 
 
-def test_zero_header_time_falls_back_to_xml(evtx_file: tuple[Path, list[EvtxRecordSpec]]) -> None:
+def test_zero_header_time_falls_back_to_xml(evtx_file: FileAndSpecs) -> None:
     path, specs = evtx_file
     carved = {r.record_id: r for r in carve_evtx(path.read_bytes())}
     assert carved[107].time == specs[7].time and carved[107].time_source == "xml"
@@ -193,12 +195,12 @@ def test_window_split_reports_absolute_offsets() -> None:
 
 
 @pytest.fixture(scope="module")
-def chunk_and_specs() -> tuple[bytes, list[EvtxRecordSpec]]:
+def chunk_and_specs() -> ChunkAndSpecs:
     specs = [replace(s, data=s.data[:3]) for s in _specs(40)]
     return build_chunk(specs), specs
 
 
-def test_flipped_bytes_in_middle_of_chunk(chunk_and_specs: tuple[bytes, list[EvtxRecordSpec]]) -> None:
+def test_flipped_bytes_in_middle_of_chunk(chunk_and_specs: ChunkAndSpecs) -> None:
     chunk, specs = chunk_and_specs
     offsets = _record_offsets(chunk)
     damaged = bytearray(chunk)
@@ -217,7 +219,7 @@ def test_flipped_bytes_in_middle_of_chunk(chunk_and_specs: tuple[bytes, list[Evt
             _assert_matches(by_id[spec.record_id], spec)
 
 
-def test_zeroed_page_and_truncation(chunk_and_specs: tuple[bytes, list[EvtxRecordSpec]]) -> None:
+def test_zeroed_page_and_truncation(chunk_and_specs: ChunkAndSpecs) -> None:
     chunk, specs = chunk_and_specs
     offsets = _record_offsets(chunk)
     holed = chunk[:0x2000] + b"\0" * 0x1000 + chunk[0x3000:]
@@ -234,9 +236,6 @@ def test_zeroed_page_and_truncation(chunk_and_specs: tuple[bytes, list[EvtxRecor
     assert [r.record_id for r in truncated] == [s.record_id for s in specs[:9]]
     assert all(f"chunk truncated at {cut:#x}; records CRC not checked" in r.warnings for r in truncated)
     assert list(carve_evtx(chunk[:0x1F0])) == []
-
-
-ChunkAndSpecs = tuple[bytes, list[EvtxRecordSpec]]
 
 
 def test_corrupt_chunk_header_still_yields_records(chunk_and_specs: ChunkAndSpecs) -> None:

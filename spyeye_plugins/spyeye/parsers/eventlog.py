@@ -533,13 +533,17 @@ def _carve_chunk(view: bytes, offset: int) -> Optional[list[EventRecord]]:
     return records
 
 
-def _chunk_views(data: bytes) -> Iterator[tuple[int, bytes]]:
-    """(start, bytes) per chunk magic, each cut at the next chunk magic."""
-    starts = []
-    pos = data.find(CHUNK_MAGIC)
+def _find_all(data: bytes, magic: bytes) -> Iterator[int]:
+    pos = data.find(magic)
     while pos >= 0:
-        starts.append(pos)
-        pos = data.find(CHUNK_MAGIC, pos + 1)
+        yield pos
+        pos = data.find(magic, pos + 1)
+
+
+def _chunk_views(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """(start, bytes) per usable chunk, each cut at the next usable chunk."""
+    starts = [pos for pos in _find_all(data, CHUNK_MAGIC)
+              if _chunk_warnings(data[pos:pos + CHUNK_SIZE]) is not None]
     for start, nxt in zip(starts, starts[1:] + [len(data)]):
         yield start, data[start:min(start + CHUNK_SIZE, nxt)]
 
