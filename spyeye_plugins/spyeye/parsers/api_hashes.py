@@ -35,36 +35,34 @@ def _signed_char(byte: int) -> int:
 def rotate_add(rotate: Callable[[int, int], int], count: int) -> Callable[[bytes], int]:
     """`h = rotate(h, count) + c` over the name, no terminator (e.g. classic ror13)."""
 
-    def hash_name(name: bytes) -> int:
+    def digest(name: bytes) -> int:
         value = 0
         for byte in name:
             value = (rotate(value, count) + byte) & MASK32
         return value
 
-    return hash_name
+    return digest
 
 
 def rotate_xor(rotate: Callable[[int, int], int], count: int) -> Callable[[bytes], int]:
     """`h = rotate(h, count) ^ (signed char)c` over the name (e.g. SpyEye rol7-xor)."""
 
-    def hash_name(name: bytes) -> int:
+    def digest(name: bytes) -> int:
         value = 0
         for byte in name:
             value = rotate(value, count) ^ _signed_char(byte)
         return value
 
-    return hash_name
+    return digest
 
 
-def _ror13_terminated(data: bytes) -> int:
-    """ror13-add over `data` including the bytes block_api hashes."""
-    return rotate_add(_ror, 13)(data)
+ror13 = rotate_add(_ror, 13)
 
 
 def ror13_module(name: bytes, module: bytes) -> int:
     """Metasploit block_api: ror13(UTF-16LE upper module + NUL) + ror13(name + NUL)."""
     wide = (module.decode("latin-1").upper() + "\0").encode("utf-16-le")
-    return (_ror13_terminated(wide) + _ror13_terminated(name + b"\0")) & MASK32
+    return (ror13(wide) + ror13(name + b"\0")) & MASK32
 
 
 def crc32(name: bytes) -> int:
@@ -105,7 +103,7 @@ class Algorithm:
 
 
 ALGORITHMS: dict[str, Algorithm] = {
-    "ror13": Algorithm(rotate_add(_ror, 13)),
+    "ror13": Algorithm(ror13),
     "ror13_module": Algorithm(ror13_module, keyed=True),
     "rol7_xor": Algorithm(rotate_xor(_rol, 7)),
     "ror7_add": Algorithm(rotate_add(_ror, 7)),

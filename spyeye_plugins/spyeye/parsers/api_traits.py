@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import capstone
@@ -407,13 +407,15 @@ class Context:
     bits: int
     index: HashIndex
     has_import_table: Optional[bool] = None
-    _structure: Optional[list[tuple[Step, Evidence]]] = field(default=None, repr=False)
+
+    @functools.cached_property
+    def structure_reads(self) -> list[tuple[Step, Evidence]]:
+        """Every structure-field read (the tracker runs once per context)."""
+        return StructureTracker(self.bits).run(self.instructions)
 
     def structure(self, trait: str) -> list[tuple[Step, Evidence]]:
-        """Structure-field reads evidencing `trait` (tracker runs once)."""
-        if self._structure is None:
-            self._structure = StructureTracker(self.bits).run(self.instructions)
-        return [(step, ev) for step, ev in self._structure if step.trait == trait]
+        """Structure-field reads evidencing `trait`."""
+        return [(step, ev) for step, ev in self.structure_reads if step.trait == trait]
 
 
 def peb_access(ctx: Context) -> list[Evidence]:
@@ -521,9 +523,9 @@ def indirect_call(ctx: Context) -> list[Evidence]:
             continue
         op = insn.operands[0]
         if isinstance(op, str):
-            found.append(_evidence(insn, f"{insn.mnemonic} through register {op}"))
+            found.append(_evidence(insn, f"{insn.mnemonic} through a register"))
         elif isinstance(op, Mem) and op.base and op.base != "rip":
-            found.append(_evidence(insn, f"{insn.mnemonic} through memory based on {op.base}"))
+            found.append(_evidence(insn, f"{insn.mnemonic} through a register-based table"))
         elif isinstance(op, Mem) and _absolute(insn, op) in written - {None}:
             found.append(_evidence(insn, f"{insn.mnemonic} through a pointer this code stores"))
     return found
@@ -543,28 +545,28 @@ class Trait(NamedTuple):
 
 
 TRAITS: dict[str, Trait] = {
+    # strong: code that reads these structures is locating modules by hand
     "peb_access": Trait(peb_access, 25),
     "ldr_walk": Trait(ldr_walk, 20),
     "export_parsing": Trait(export_parsing, 20),
     "hash_compare": Trait(hash_compare, 25),
+    # weak: ordinary compiled code shows these too
     "hash_loop": Trait(hash_loop, 15),
     "no_import_table": Trait(no_import_table, 10),
     "indirect_call": Trait(indirect_call, 5),
 }
-"""Trait name -> (detector, weight); the score is the capped sum of matched weights.
-
-The weights are chosen so that no single weak trait, nor the weak ones together
-(hash_loop: atoi/checksum loops; indirect_call: vtables and switch tables;
-no_import_table: packers), exceeds 30, which is what ordinary compiled code can
-show, while the structural chain PEB -> Ldr -> exports (65) plus either a hash
-loop or a resolved hash constant reaches 80+. A resolved constant counts as
-much as the PEB read because a 32-bit collision with a known API-name hash is
-unlikely by chance (~27k indexed values out of 2^32, trivial values excluded).
-"""
 
 
 def score(traits: dict[str, Sequence[Evidence]]) -> tuple[int, dict[str, int]]:
-    """(0..100 score, {matched trait: weight}) from detector results."""
+    """(0..100 score, {matched trait: weight}): the capped sum of `TRAITS` weights.
+
+    The weak traits together (hash_loop: atoi and checksum loops; indirect_call:
+    vtables and switch tables; no_import_table: packed PEs) stay at 30, which is
+    what compiled code can reach. The structural chain PEB -> Ldr -> exports
+    (65) plus a hash loop or a resolved constant reaches 80 or more. A resolved
+    constant weighs as much as the PEB read: ~27k indexed values out of 2^32
+    (trivial ones excluded) make a chance match unlikely.
+    """
     breakdown = {name: TRAITS[name].weight for name, evidence in traits.items() if evidence}
     return min(100, sum(breakdown.values())), breakdown
 

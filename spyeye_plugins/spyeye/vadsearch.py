@@ -1,0 +1,223 @@
+"""``spyeye.vadsearch``: search each process's memory VAD by VAD.
+
+A keyword whose pages are physically scattered is still found (the search
+reads virtual memory), every hit names its process and VAD, and
+``--compare-physical`` shows what a linear scan of the raw image misses."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Set, Tuple
+
+from volatility3.framework import exceptions, interfaces, renderers
+from volatility3.framework.configuration import requirements
+from volatility3.framework.renderers import format_hints
+from volatility3.plugins.windows import pslist, vadinfo
+
+from . import vadwalk
+from .parsers.patterns import ENCODINGS, Hit, PatternError, PatternSet
+
+vollog = logging.getLogger(__name__)
+
+
+class VadSearch(interfaces.plugins.PluginInterface):
+    """Searches every process's VADs for keywords, hex, regexes or YARA rules."""
+
+    _required_framework_version = (2, 0, 0)
+    _version = (1, 0, 0)
+
+    @classmethod
+    def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
+        return [
+            requirements.ModuleRequirement(name="kernel", description="Windows kernel",
+                                           architectures=["Intel32", "Intel64"]),
+            requirements.VersionRequirement(name="pslist", component=pslist.PsList, version=(3, 0, 0)),
+            requirements.VersionRequirement(name="vadinfo", component=vadinfo.VadInfo, version=(2, 0, 0)),
+            requirements.ListRequirement(name="keyword", element_type=str, optional=True,
+                                         description="Keywords (give several after one --keyword)"),
+            requirements.ListRequirement(name="hex", element_type=str, optional=True,
+                                         description="Hex byte patterns, ?? for any byte"),
+            requirements.ListRequirement(name="regex", element_type=str, optional=True,
+                                         description="Python bytes regexes"),
+            requirements.StringRequirement(name="yara_rules", optional=True, description="YARA rule text"),
+            requirements.StringRequirement(name="yara_file", optional=True, description="YARA rule file"),
+            requirements.ChoiceRequirement(name="encoding", choices=["both", *ENCODINGS], default="both",
+                                           optional=True, description="Keyword encodings"),
+            requirements.BooleanRequirement(name="ignore_case", default=False, optional=True,
+                                            description="Case-insensitive keywords and regexes"),
+            requirements.ListRequirement(name="pid", element_type=int, optional=True,
+                                         description="Only these process IDs"),
+            requirements.ListRequirement(name="name", element_type=str, optional=True,
+                                         description="Only processes with these names"),
+            requirements.IntRequirement(name="vad_start", optional=True,
+                                        description="Only the VAD starting at this address"),
+            requirements.ListRequirement(name="address_range", element_type=str, optional=True,
+                                         description="Only VADs overlapping START-END (hex)"),
+            requirements.BooleanRequirement(name="private_only", default=False, optional=True,
+                                            description="Only private memory"),
+            requirements.BooleanRequirement(name="executable_only", default=False, optional=True,
+                                            description="Only executable VADs"),
+            requirements.IntRequirement(name="max_hits", default=0, optional=True,
+                                        description="Stop after this many hits (0: no limit)"),
+            requirements.IntRequirement(name="context", default=64, optional=True,
+                                        description="Bytes of context before and after each hit"),
+            requirements.IntRequirement(name="chunk_size", default=vadwalk.DEFAULT_CHUNK, optional=True,
+                                        description="Bytes read at a time"),
+            requirements.BooleanRequirement(name="compare_physical", default=False, optional=True,
+                                            description="Also scan the raw physical image and compare"),
+        ]
+
+    # --- configuration --------------------------------------------------------
+    def _patterns(self) -> PatternSet:
+        source = self.config.get("yara_rules")
+        if self.config.get("yara_file"):
+            try:
+                source = (source or "") + "\n" + Path(self.config["yara_file"]).read_text()
+            except OSError as exc:
+                raise PatternError(f"cannot read YARA file: {exc}") from exc
+        encoding = self.config.get("encoding") or "both"
+        return PatternSet(
+            keywords=self.config.get("keyword") or [], hex_patterns=self.config.get("hex") or [],
+            regexes=self.config.get("regex") or [], yara_source=source,
+            encodings=ENCODINGS if encoding == "both" else (encoding,),
+            ignore_case=bool(self.config.get("ignore_case")))
+
+    def _ranges(self) -> List[Tuple[int, int]]:
+        ranges = []
+        for text in self.config.get("address_range") or []:
+            try:
+                lo, hi = (int(x, 16) for x in text.split("-"))
+            except ValueError as exc:
+                raise PatternError(f"address range {text!r}: use START-END in hex") from exc
+            ranges.append((lo, hi))
+        return ranges
+
+    def _wanted(self, vad: vadwalk.VadFacts, ranges) -> bool:
+        if self.config.get("vad_start") is not None and vad.start != self.config["vad_start"]:
+            return False
+        if ranges and not any(vad.start <= hi and vad.end >= lo for lo, hi in ranges):
+            return False
+        if self.config.get("private_only") and not vad.private:
+            return False
+        return not (self.config.get("executable_only") and not vad.executable)
+
+    # --- the search -------------------------------------------------------------
+    @classmethod
+    def scan_vad(cls, layer, vad: vadwalk.VadFacts, patterns: PatternSet,
+                 chunk: int = vadwalk.DEFAULT_CHUNK) -> Iterator[Tuple[int, Hit]]:
+        """(virtual address, hit) for each match in ``vad``, each exactly once;
+        matches touching a non-resident page are dropped."""
+        overlap = patterns.max_length - 1
+        for address, data, owned in vadwalk.read_chunks(layer, vad.start, vad.end, chunk, overlap):
+            for hit in sorted(patterns.scan(data), key=lambda h: (h.offset, h.pattern, h.encoding)):
+                if hit.offset < owned and vadwalk.resident(layer, address + hit.offset, hit.length):
+                    yield address + hit.offset, hit
+
+    @classmethod
+    def scan_physical(cls, layer, patterns: PatternSet, chunk: int = vadwalk.DEFAULT_CHUNK,
+                      progress=None) -> Iterator[Tuple[int, Hit]]:
+        """A linear scan of a physical layer, as a raw-file grep would do it."""
+        end = layer.maximum_address
+        overlap = patterns.max_length - 1
+        for address, data, owned in vadwalk.read_chunks(layer, layer.minimum_address, end, chunk, overlap):
+            if progress:
+                progress(100.0 * address / max(end, 1), "Linear scan of the physical image")
+            for hit in patterns.scan(data):
+                if hit.offset < owned:
+                    yield address + hit.offset, hit
+
+    def _context_bytes(self, layer, vad: vadwalk.VadFacts, address: int, length: int) -> Tuple[int, bytes]:
+        size = max(0, self.config.get("context", 64))
+        start = max(vad.start, address - size)
+        end = min(vad.end + 1, address + length + size)
+        return start, layer.read(start, end - start, pad=True)
+
+    def _hit_row(self, proc_info, layer, vad: vadwalk.VadFacts, address: int, hit: Hit,
+                 linear: Optional[Set[Tuple[int, str, str]]]):
+        pages = vadwalk.physical_pages(layer, address, hit.length)
+        start, context = self._context_bytes(layer, vad, address, hit.length)
+        linear_found = None if linear is None else (pages[0], hit.pattern, hit.encoding) in linear
+        return (0, (*proc_info, format_hints.Hex(vad.start), format_hints.Hex(vad.end), vad.protection,
+                    vad.private, vadwalk.optional(vad.file), format_hints.Hex(address),
+                    format_hints.Hex(pages[0]), not vadwalk.contiguous(pages), hit.pattern, hit.kind,
+                    hit.encoding, hit.length, format_hints.Hex(start),
+                    format_hints.HexBytes(context), vadwalk.optional(linear_found)))
+
+    def _processes(self):
+        pids = self.config.get("pid") or []
+        procs = list(pslist.PsList.list_processes(
+            self.context, self.config["kernel"], filter_func=lambda p: (
+                (bool(pids) and p.UniqueProcessId not in pids)
+                or vadwalk.name_filter(self.config.get("name"))(p))))
+        missing = set(pids) - {int(p.UniqueProcessId) for p in procs}
+        for pid in sorted(missing):
+            vollog.error("no process with PID %d in the active process list", pid)
+        return procs
+
+    def _generator(self, patterns: PatternSet):
+        kernel = self.context.modules[self.config["kernel"]]
+        protect = vadinfo.VadInfo.protect_values(self.context, kernel.layer_name, kernel.symbol_table_name)
+        ranges = self._ranges()
+        linear = self._linear_hits(patterns) if self.config.get("compare_physical") else None
+        seen_physical: Set[Tuple[int, str, str]] = set()
+        max_hits, count = self.config.get("max_hits") or 0, 0
+        procs = self._processes()
+        for index, proc in enumerate(procs):
+            pid = int(proc.UniqueProcessId)
+            name = vadwalk.process_name(proc)
+            try:
+                layer = self.context.layers[proc.add_process_layer()]
+            except exceptions.InvalidAddressException:
+                vollog.warning("PID %d: no readable address space", pid)
+                continue
+            for vad in vadwalk.process_vads(proc, protect):
+                if not self._wanted(vad, ranges):
+                    continue
+                self._progress_callback(100.0 * index / max(len(procs), 1),
+                                        f"Searching PID {pid} VAD {vad.start:#x}")
+                for address, hit in self.scan_vad(layer, vad, patterns, self.config.get("chunk_size")):
+                    row = self._hit_row((pid, name), layer, vad, address, hit, linear)
+                    seen_physical.add((row[1][8], hit.pattern, hit.encoding))
+                    yield row
+                    count += 1
+                    if max_hits and count >= max_hits:
+                        vollog.warning("stopped after --max-hits %d hits", max_hits)
+                        return
+        if linear is not None:
+            yield from self._physical_only(linear, seen_physical)
+
+    def _linear_hits(self, patterns: PatternSet) -> Dict[Tuple[int, str, str], Hit]:
+        kernel = self.context.modules[self.config["kernel"]]
+        physical = self.context.layers[self.context.layers[kernel.layer_name].config["memory_layer"]]
+        self._physical_layer = physical
+        return {(pa, h.pattern, h.encoding): h
+                for pa, h in self.scan_physical(physical, patterns, self.config.get("chunk_size"),
+                                                self._progress_callback)}
+
+    def _physical_only(self, linear, seen):
+        """Linear-scan hits that no process's VAD explains (freed or unmapped memory)."""
+        layer = self._physical_layer
+        for (pa, pattern, encoding), hit in sorted(linear.items()):
+            if (pa, pattern, encoding) in seen:
+                continue
+            start = max(0, pa - self.config.get("context", 64))
+            context = layer.read(start, pa + hit.length + self.config.get("context", 64) - start, pad=True)
+            na = renderers.NotApplicableValue()
+            yield (0, (na, "(no VAD owner: kernel or freed memory)", na, na, na, na, na, na, format_hints.Hex(pa),
+                       False, pattern, hit.kind, encoding, hit.length, format_hints.Hex(start),
+                       format_hints.HexBytes(context), True))
+
+    def run(self) -> renderers.TreeGrid:
+        columns = [("PID", int), ("Process", str), ("VAD Start", format_hints.Hex),
+                   ("VAD End", format_hints.Hex), ("Protection", str), ("Private", bool),
+                   ("File", str), ("Address", format_hints.Hex), ("Physical", format_hints.Hex),
+                   ("Scattered", bool), ("Pattern", str), ("Kind", str), ("Encoding", str),
+                   ("Length", int), ("Context Start", format_hints.Hex),
+                   ("Context", format_hints.HexBytes), ("In Linear Scan", bool)]
+        try:
+            patterns = self._patterns()
+            self._ranges()
+        except PatternError as exc:
+            vollog.error("%s", exc)
+            return renderers.TreeGrid(columns, iter(()))
+        return renderers.TreeGrid(columns, self._generator(patterns))

@@ -1,0 +1,131 @@
+"""Walking processes and their VADs, and reading VADs in bounded chunks.
+
+Shared by every plugin of the suite that looks at process memory."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+from volatility3.framework import exceptions, interfaces, renderers
+from volatility3.plugins.windows import vadinfo
+
+vollog = logging.getLogger(__name__)
+
+PAGE = 0x1000
+DEFAULT_CHUNK = 0x100000
+
+
+@dataclass
+class VadFacts:
+    """What a report needs to say about one VAD."""
+
+    start: int
+    end: int            # inclusive
+    protection: str
+    private: bool
+    file: Optional[str]
+    tag: str
+
+    @property
+    def executable(self) -> bool:
+        return "EXECUTE" in self.protection
+
+
+def vad_facts(vad, protect_values) -> Optional[VadFacts]:
+    """Read a VAD's range, protection and backing file; None if unreadable."""
+    try:
+        file_name = vad.get_file_name()
+        protection = vad.get_protection(protect_values, vadinfo.winnt_protections)
+        return VadFacts(vad.get_start(), vad.get_end(), protection,
+                        bool(vad.get_private_memory()),
+                        file_name if isinstance(file_name, str) else None,
+                        vad.get_tag() or "")
+    except (exceptions.InvalidAddressException, AttributeError) as exc:
+        vollog.warning("skipping unreadable VAD at %#x: %s", vad.vol.offset, exc)
+        return None
+
+
+def process_vads(proc, protect_values) -> Iterator[VadFacts]:
+    """Each readable VAD of ``proc`` in address order."""
+    facts: List[VadFacts] = []
+    try:
+        for vad in vadinfo.VadInfo.list_vads(proc):
+            fact = vad_facts(vad, protect_values)
+            if fact is not None:
+                facts.append(fact)
+    except (exceptions.InvalidAddressException, RuntimeError) as exc:
+        vollog.warning("VAD tree of PID %s is damaged (%s); using what was read", proc.UniqueProcessId, exc)
+    return iter(sorted(facts, key=lambda f: f.start))
+
+
+def read_chunks(layer: interfaces.layers.DataLayerInterface, start: int, end: int,
+                chunk: int = DEFAULT_CHUNK, overlap: int = 0) -> Iterator[Tuple[int, bytes, int]]:
+    """Yield ``(address, data, owned)`` over [start, end]: ``data`` covers
+    ``owned`` bytes plus up to ``overlap`` more, so a match that starts in the
+    owned part is seen whole exactly once.  Unreadable pages read as zeros."""
+    address = start
+    while address <= end:
+        owned = min(chunk, end + 1 - address)
+        length = min(owned + overlap, end + 1 - address)
+        yield address, layer.read(address, length, pad=True), owned
+        address += owned
+
+
+def resident(layer: interfaces.layers.DataLayerInterface, address: int, length: int) -> bool:
+    """Whether every page of [address, address+length) is readable."""
+    page = address & ~(PAGE - 1)
+    while page < address + length:
+        if not layer.is_valid(page, 1):
+            return False
+        page += PAGE
+    return True
+
+
+def physical_pages(layer, address: int, length: int) -> List[Optional[int]]:
+    """Physical address of each page the range touches (None if unmapped)."""
+    out = []
+    page = address & ~(PAGE - 1)
+    while page < address + length:
+        try:
+            out.append(layer.translate(max(page, address))[0])
+        except exceptions.InvalidAddressException:
+            out.append(None)
+        page += PAGE
+    return out
+
+
+def contiguous(pages: Sequence[Optional[int]]) -> bool:
+    """Whether consecutive virtual pages are also consecutive physically."""
+    frames = [p & ~(PAGE - 1) for p in pages if p is not None]
+    return len(frames) == len(pages) and all(b - a == PAGE for a, b in zip(frames, frames[1:]))
+
+
+def name_filter(names: Optional[Iterable[str]]) -> Callable[[object], bool]:
+    """A pslist filter that drops processes whose name is not in ``names``."""
+    wanted = {n.lower() for n in names or []}
+
+    def drop(proc) -> bool:
+        if not wanted:
+            return False
+        try:
+            name = proc.ImageFileName.cast("string", max_length=proc.ImageFileName.vol.count,
+                                           errors="replace")
+        except exceptions.InvalidAddressException:
+            return True
+        return name.lower() not in wanted
+    return drop
+
+
+def optional(value):
+    """``value`` or a NotAvailableValue for renderers."""
+    return renderers.NotAvailableValue() if value is None else value
+
+
+def process_name(proc) -> str:
+    """The EPROCESS image name, or a placeholder when it cannot be read."""
+    try:
+        return proc.ImageFileName.cast("string", max_length=proc.ImageFileName.vol.count,
+                                       errors="replace")
+    except exceptions.InvalidAddressException:
+        return "(unreadable)"

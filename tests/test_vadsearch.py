@@ -1,0 +1,140 @@
+"""``spyeye.vadsearch`` on the default image, checked against the ground truth."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.vol_runner import ROOT, run_plugin
+
+KEYWORDS = ["__CLEANSWEEP__", "cleansweep.exe", "hooked_func", "SPYNET_CHUNK_EDGE",
+            "globpluginspipe", "__SPYNET__", "__CLEANSWEEP_UNINSTALL__", "PR_Write",
+            "collector.example.net"]
+
+
+@pytest.fixture(scope="module")
+def hits(win7_image):
+    image, _ = win7_image
+    return run_plugin(image, "spyeye.vadsearch.VadSearch",
+                      {"keyword": KEYWORDS, "compare_physical": True})
+
+
+def _plants(truth, *labels):
+    return [p for p in truth["plants"] if p["label"] in labels]
+
+
+def test_every_resident_plant_found_with_process_vad_addresses_and_context(win7_image, hits):
+    _, truth = win7_image
+    labels = ["bot-ascii", "bot-straddle", "explorer-utf16", "explorer-straddle-utf16",
+              "iexplore-straddle", "iexplore-chunk-edge", "firefox-ascii", "shared-mapping"]
+    for plant in _plants(truth, *labels):
+        data = bytes.fromhex(plant["data"])
+        encoding = plant["meta"].get("encoding", "ascii")
+        word = next(k for k in KEYWORDS if k.encode(encoding.replace("ascii", "latin-1")) in data)
+        skip = data.index(word.encode(encoding.replace("ascii", "latin-1")))
+        rows = [r for r in hits if r["PID"] == plant["pid"] and r["Address"] == plant["va"] + skip
+                and r["Pattern"] == word]
+        assert len(rows) == 1, plant["label"]
+        row = rows[0]
+        assert (row["VAD Start"], row["VAD End"]) == (plant["vad_start"], plant["vad_end"])
+        assert row["Physical"] == plant["pa"] + skip
+        assert row["Process"] == next(p["image_file_name"] for p in truth["processes"]
+                                      if p["pid"] == plant["pid"])
+        offset = row["Address"] - row["Context Start"]
+        assert row["Context"][offset:offset + row["Length"]] == data[skip:skip + row["Length"]]
+        assert offset == min(64, row["Address"] - plant["vad_start"])
+        assert row["Encoding"] == encoding
+
+
+def test_straddling_hits_found_flagged_scattered_and_missed_by_linear_scan(win7_image, hits):
+    _, truth = win7_image
+    straddling = [p for p in truth["plants"] if len(p["pages"]) == 2 and p["resident"]]
+    assert len(straddling) >= 3
+    for plant in straddling:
+        (row,) = [r for r in hits if r["PID"] == plant["pid"] and r["Address"] == plant["va"]]
+        assert row["Scattered"] is True and row["In Linear Scan"] is False
+    single = [r for r in hits if r["Pattern"] == "PR_Write"]
+    assert single and all(r["Scattered"] is False and r["In Linear Scan"] is True for r in single)
+
+
+def test_paged_out_keyword_is_not_reported(hits):
+    assert not [r for r in hits if r["Pattern"] == "__CLEANSWEEP_UNINSTALL__"]
+
+
+def test_chunk_edge_hit_reported_exactly_once(win7_image, hits):
+    _, truth = win7_image
+    (plant,) = _plants(truth, "iexplore-chunk-edge")
+    rows = [r for r in hits if r["Pattern"] == "SPYNET_CHUNK_EDGE"]
+    assert [(r["PID"], r["Address"]) for r in rows] == [(2172, plant["va"])]
+
+
+def test_shared_mapping_reported_once_per_process(hits):
+    rows = [r for r in hits if r["Pattern"] == "globpluginspipe" and r["PID"] is not None]
+    assert sorted(r["PID"] for r in rows) == [1484, 2172]
+    assert all(r["File"] == "\\Windows\\System32\\spool\\shared-section.dat" for r in rows)
+    assert all(r["Private"] is False for r in rows)
+
+
+def test_freed_memory_hit_listed_without_owner(win7_image, hits):
+    _, truth = win7_image
+    (plant,) = _plants(truth, "freed-keyword")
+    rows = [r for r in hits if r["PID"] is None]
+    assert [r["Pattern"] for r in rows if r["Physical"] == plant["pa"]] == ["collector.example.net"]
+    assert all(r["In Linear Scan"] for r in rows)
+    vad_hits = {r["Physical"] for r in hits if r["PID"] is not None}
+    assert not vad_hits & {r["Physical"] for r in rows}
+
+
+def test_filters_hex_regex_and_yara_in_one_pass(win7_image):
+    image, truth = win7_image
+    rows = run_plugin(image, "spyeye.vadsearch.VadSearch", {
+        "hex": ["5F 5F 43 4C ?? 41 4E 53"], "regex": [r"cleansweep\.exe\\config\.b.n"],
+        "yara_rules": 'rule pr { strings: $a = "PR_Write" condition: $a }', "pid": [3012, 2356]})
+    got = sorted((r["PID"], r["Kind"], r["Address"]) for r in rows)
+    bot = {p["label"]: p["va"] for p in truth["plants"] if p["pid"] == 3012}
+    ff = {p["label"]: p["va"] for p in truth["plants"] if p["pid"] == 2356}
+    assert got == sorted([(3012, "hex", bot["bot-straddle"]), (3012, "regex", bot["bot-ascii"] + 3),
+                          (2356, "yara", ff["firefox-ascii"])])
+
+
+def test_private_and_executable_filters(win7_image):
+    image, _ = win7_image
+    rows = run_plugin(image, "spyeye.vadsearch.VadSearch",
+                      {"keyword": ["globpluginspipe", "MZ"], "private_only": True, "encoding": "ascii",
+                       "executable_only": True})
+    assert [(r["PID"], r["Address"]) for r in rows] == [(1484, 0x2A40000)]
+
+
+def _vol(*args) -> subprocess.CompletedProcess:
+    vol = Path(sys.executable).parent / "vol"
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    return subprocess.run([str(vol), "-q", "-p", str(ROOT / "spyeye_plugins"), *args],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_json_output_parses_and_carries_the_fields(win7_image):
+    image, _ = win7_image
+    out = _vol("-r", "json", "-f", str(image), "spyeye.vadsearch", "--keyword", "PR_Write")
+    rows = json.loads(out.stdout)
+    assert len(rows) == 1
+    assert {"PID", "Process", "VAD Start", "VAD End", "Protection", "Private", "File", "Address",
+            "Physical", "Scattered", "Pattern", "Encoding", "Context"} <= set(rows[0])
+    assert rows[0]["PID"] == 2356
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--keyword", ""], "empty keyword"),
+    (["--regex", "(unclosed"], "invalid regex"),
+    (["--yara-rules", "rule broken {"], "invalid YARA rules"),
+    (["--hex", "4D 5"], "even number of hex digits"),
+    (["--keyword", "x", "--pid", "99999"], "no process with PID 99999"),
+])
+def test_bad_input_gives_one_line_error_not_traceback(win7_image, args, message):
+    image, _ = win7_image
+    out = _vol("-f", str(image), "spyeye.vadsearch", *args)
+    assert "Traceback" not in out.stderr
+    assert message in out.stderr

@@ -1,0 +1,86 @@
+"""Pattern compilation and chunked scanning, without an image."""
+from __future__ import annotations
+
+import pytest
+
+from spyeye_plugins.spyeye.parsers.patterns import PatternError, PatternSet, hex_tokens
+from spyeye_plugins.spyeye import vadwalk
+
+
+class FakeLayer:
+    """A virtual layer over a bytes buffer with some pages missing."""
+
+    def __init__(self, data: bytes, missing=()) -> None:
+        self.data, self.missing = data, set(missing)
+
+    def is_valid(self, address: int, length: int = 1) -> bool:
+        return address // 0x1000 not in self.missing
+
+    def read(self, address: int, length: int, pad: bool = False) -> bytes:
+        out = bytearray(self.data[address:address + length])
+        for page in self.missing:
+            lo, hi = max(page * 0x1000, address), min((page + 1) * 0x1000, address + length)
+            if lo < hi:
+                out[lo - address:hi - address] = b"\0" * (hi - lo)
+        return bytes(out)
+
+
+def _scan(data: bytes, patterns: PatternSet, chunk: int, missing=()):
+    from spyeye_plugins.spyeye.vadsearch import VadSearch
+    vad = vadwalk.VadFacts(0, len(data) - 1, "PAGE_READWRITE", True, None, "VadS")
+    return [(a, h.pattern, h.encoding) for a, h in VadSearch.scan_vad(FakeLayer(data, missing), vad,
+                                                                      patterns, chunk)]
+
+
+def test_keyword_matched_ascii_and_utf16_once_each():
+    data = bytearray(0x3000)
+    data[0x100:0x106] = b"SpyEye"
+    data[0x2000:0x200C] = "SpyEye".encode("utf-16-le")
+    hits = _scan(bytes(data), PatternSet(keywords=["SpyEye"]), 0x1000)
+    assert hits == [(0x100, "SpyEye", "ascii"), (0x2000, "SpyEye", "utf-16le")]
+
+
+@pytest.mark.parametrize("edge_shift", range(-12, 2))
+def test_match_across_chunk_edge_found_exactly_once(edge_shift):
+    data = bytearray(0x4000)
+    at = 0x2000 + edge_shift
+    data[at:at + 11] = b"hooked_func"
+    hits = _scan(bytes(data), PatternSet(keywords=["hooked_func"], encodings=["ascii"]), 0x1000)
+    assert hits == [(at, "hooked_func", "ascii")]
+
+
+def test_match_on_missing_page_dropped():
+    data = bytearray(0x3000)
+    data[0x1010:0x1016] = b"SpyEye"
+    data[0x2010:0x2016] = b"SpyEye"
+    hits = _scan(bytes(data), PatternSet(keywords=["SpyEye"], encodings=["ascii"]), 0x1000, missing=[1])
+    assert hits == [(0x2010, "SpyEye", "ascii")]
+
+
+def test_ignore_case_and_hex_wildcards():
+    data = b"xxSPYeyexx" + b"\x4d\x5a\x90\x00"
+    ps = PatternSet(keywords=["spyeye"], hex_patterns=["4D5A??00"], ignore_case=True, encodings=["ascii"])
+    assert sorted((h.offset, h.kind) for h in ps.scan(data)) == [(2, "keyword"), (10, "hex")]
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({}, "no pattern given"),
+    ({"keywords": [""]}, "empty keyword"),
+    ({"regexes": ["("]}, "invalid regex"),
+    ({"yara_source": "rule x {"}, "invalid YARA"),
+    ({"hex_patterns": ["?? ??"]}, "only wildcards"),
+    ({"keywords": ["a"], "encodings": ["utf-32"]}, "unknown encoding"),
+])
+def test_bad_patterns_raise_pattern_error(kwargs, message):
+    with pytest.raises(PatternError, match=message):
+        PatternSet(**kwargs)
+
+
+def test_hex_tokens_accept_spacing():
+    assert hex_tokens("4d 5A ??") == ["4d", "5A", "??"]
+
+
+def test_contiguity():
+    assert vadwalk.contiguous([0x5000, 0x6000])
+    assert not vadwalk.contiguous([0x5000, 0x9000])
+    assert not vadwalk.contiguous([0x5000, None])
