@@ -21,7 +21,7 @@ from .api_hashes import MASK32, HashHit, HashIndex
 DEFAULT_MAX_BYTES = 0x10000
 MAX_INSN_BYTES = 15
 SWEEP_CHUNK = 0x1000
-MAX_LOOP_BYTES = 0x100
+MAX_LOOP_BYTES = 0x80
 MAX_STACK_TAGS = 64
 
 
@@ -310,10 +310,10 @@ class StructureTracker:
     def _resolve(self, mem: Mem) -> Optional[Tag]:
         """The structure a memory operand points into, with the displacement folded in."""
         if mem.segment:
-            if mem.segment != TEB_SEGMENT[self.bits]:
+            base, index = self._const(mem.base), self._const(mem.index)
+            if mem.segment != TEB_SEGMENT[self.bits] or base is None or index is None:
                 return None
-            offset = mem.disp + self._const(mem.base) + self._const(mem.index) * mem.scale
-            return Tag("teb", offset, -1)
+            return Tag("teb", mem.disp + base + index * mem.scale, -1)
         candidates = [self.tags.get(mem.base), self.tags.get(mem.index) if mem.scale == 1 else None]
         tagged = [Tag(t.kind, t.offset + mem.disp, t.origin) for t in candidates if t and t.kind != "const"]
         known = [t for t in tagged if (t.kind, t.offset) in self.steps]
@@ -325,9 +325,12 @@ class StructureTracker:
             return E_LFANEW
         return step
 
-    def _const(self, reg: str) -> int:
+    def _const(self, reg: str) -> Optional[int]:
+        """The known value of `reg` (0 when absent), None when unknown."""
+        if not reg:
+            return 0
         tag = self.tags.get(reg)
-        return tag.offset if tag and tag.kind == "const" else 0
+        return tag.offset if tag and tag.kind == "const" else None
 
     def _slot(self, op: Operand) -> Optional[tuple[str, int]]:
         if isinstance(op, Mem) and op.base in FRAME_REGISTERS and not op.index and not op.segment:
@@ -441,26 +444,31 @@ COMBINERS = {"xor", "add", "or", "sub"}
 BYTE_LOADS = {"mov", "movzx", "movsx", "lodsb"}
 
 
-def _is_byte_load(insn: Instruction) -> bool:
+def _byte_source(insn: Instruction) -> Optional[Operand]:
+    """The register a byte is loaded into, or the byte memory operand a combine reads."""
     ops = insn.operands
-    return insn.mnemonic in BYTE_LOADS and len(ops) == 2 and isinstance(ops[1], Mem) and ops[1].size == 1
+    if insn.mnemonic in BYTE_LOADS and len(ops) == 2 and isinstance(ops[1], Mem) and ops[1].size == 1:
+        return ops[0]
+    if insn.mnemonic in COMBINERS and len(ops) == 2 and isinstance(ops[1], Mem) and ops[1].size == 1:
+        return ops[1]
+    return None
 
 
-def _combines_into(insn: Instruction, acc: str) -> bool:
-    ops = insn.operands
-    return insn.mnemonic in COMBINERS and acc in ops and not (len(ops) == 2 and ops[0] == ops[1])
+def _mixes(combine: Instruction, acc: str, byte: Operand) -> bool:
+    """`combine` folds the loaded byte into the accumulator (e.g. `add edi, eax`)."""
+    ops = combine.operands
+    return combine.mnemonic in COMBINERS and acc in ops and byte in ops and acc != byte
 
 
 def _hash_body(body: Sequence[Instruction]) -> str:
     """Why `body` looks like a name-hash loop, or "" if it does not."""
-    load = next((i for i in body if _is_byte_load(i)), None)
-    if load is None:
-        return ""
-    for mix in (i for i in body if i.mnemonic in MIXERS and i.operands and isinstance(i.operands[0], str)):
-        acc = mix.operands[0]
-        combine = next((i for i in body if i is not mix and _combines_into(i, acc)), None)
-        if combine:
-            return f"byte load '{load.text}', mix '{mix.text}', combine '{combine.text}'"
+    loads = [(i, src) for i in body if (src := _byte_source(i)) is not None]
+    mixers = [i for i in body if i.mnemonic in MIXERS and i.operands and isinstance(i.operands[0], str)]
+    for mix in mixers:
+        for load, byte in loads:
+            combine = next((i for i in body if _mixes(i, mix.operands[0], byte)), None)
+            if combine:
+                return f"byte load '{load.text}', mix '{mix.text}', combine '{combine.text}'"
     return ""
 
 
