@@ -69,6 +69,7 @@ class Instruction:
     mnemonic: str
     op_str: str
     operands: tuple[Operand, ...]
+    sizes: tuple[int, ...]
     writes: frozenset[str]
     target: Optional[int]
 
@@ -113,7 +114,8 @@ def _convert(insn: capstone.CsInsn) -> Instruction:
     writes = frozenset(_family(insn, r) for r in insn.regs_access()[1])
     branch = insn.mnemonic.startswith(("j", "loop", "call"))
     target = operands[0] if branch and len(operands) == 1 and isinstance(operands[0], int) else None
-    return Instruction(insn.address, insn.size, insn.mnemonic, insn.op_str, operands, writes, target)
+    sizes = tuple(op.size for op in insn.operands)
+    return Instruction(insn.address, insn.size, insn.mnemonic, insn.op_str, operands, sizes, writes, target)
 
 
 @functools.lru_cache(maxsize=2)
@@ -444,17 +446,21 @@ COMBINERS = {"xor", "add", "or", "sub"}
 BYTE_LOADS = {"mov", "movzx", "movsx", "lodsb"}
 
 
-def _byte_source(insn: Instruction) -> Optional[Operand]:
-    """The register a byte is loaded into, or the byte memory operand a combine reads."""
+def _byte_target(insn: Instruction) -> Optional[str]:
+    """The register a byte is loaded into (movzx/movsx/lodsb/mov r8, [mem])."""
     ops = insn.operands
     if insn.mnemonic in BYTE_LOADS and len(ops) == 2 and isinstance(ops[1], Mem) and ops[1].size == 1:
-        return ops[0]
-    if insn.mnemonic in COMBINERS and len(ops) == 2 and isinstance(ops[1], Mem) and ops[1].size == 1:
-        return ops[1]
+        return ops[0] if isinstance(ops[0], str) else None
     return None
 
 
-def _mixes(combine: Instruction, acc: str, byte: Operand) -> bool:
+def _is_mixer(insn: Instruction) -> bool:
+    """A rotate, shift or multiply of a 32/64-bit register."""
+    ops = insn.operands
+    return insn.mnemonic in MIXERS and bool(ops) and isinstance(ops[0], str) and insn.sizes[0] >= 4
+
+
+def _mixes(combine: Instruction, acc: str, byte: str) -> bool:
     """`combine` folds the loaded byte into the accumulator (e.g. `add edi, eax`)."""
     ops = combine.operands
     return combine.mnemonic in COMBINERS and acc in ops and byte in ops and acc != byte
@@ -462,14 +468,24 @@ def _mixes(combine: Instruction, acc: str, byte: Operand) -> bool:
 
 def _hash_body(body: Sequence[Instruction]) -> str:
     """Why `body` looks like a name-hash loop, or "" if it does not."""
-    loads = [(i, src) for i in body if (src := _byte_source(i)) is not None]
-    mixers = [i for i in body if i.mnemonic in MIXERS and i.operands and isinstance(i.operands[0], str)]
-    for mix in mixers:
-        for load, byte in loads:
-            combine = next((i for i in body if _mixes(i, mix.operands[0], byte)), None)
+    loads = [(i, reg) for i in body if (reg := _byte_target(i))]
+    for mix in (i for i in body if _is_mixer(i)):
+        accs = _accumulators(body, mix.operands[0])
+        for load, byte in ((i, reg) for i, reg in loads if reg not in accs):
+            combine = next((i for i in body for acc in accs if _mixes(i, acc, byte)), None)
             if combine:
                 return f"byte load '{load.text}', mix '{mix.text}', combine '{combine.text}'"
     return ""
+
+
+def _accumulators(body: Sequence[Instruction], mixed: str) -> set[str]:
+    """`mixed` plus registers it is combined into (`shl r8d, 5; add eax, r8d` -> eax)."""
+    into = {
+        i.operands[0]
+        for i in body
+        if i.mnemonic in COMBINERS and mixed in i.operands[1:] and isinstance(i.operands[0], str)
+    }
+    return {mixed} | into
 
 
 def hash_loop(ctx: Context) -> list[Evidence]:
