@@ -211,6 +211,7 @@ def test_peb_access_found(code: str, bits: int) -> None:
     [
         ("64a100000000", 32),  # mov eax, fs:[0] (SEH chain)
         ("8b4030", 32),  # mov eax, [eax+0x30] from an unknown pointer
+        ("648b4230", 32),  # mov eax, fs:[edx+0x30] with edx unknown
         ("65488b042530000000" "488b4008", 64),  # gs:[0x30] then +8 (StackBase)
         ("64488b042560000000", 64),  # fs:[0x60] is not the TEB on x64
     ],
@@ -281,9 +282,17 @@ def test_hash_loop_found_for_ror13_loop() -> None:
     assert "ror edi, 0xd" in evidence[0].detail and "add edi, eax" in evidence[0].detail
 
 
+def test_hash_loop_found_for_compiled_rotate_through_a_copy() -> None:
+    # SpyEye as compiled: l: mov ecx,eax; shl eax,7; shr ecx,0x19; or eax,ecx;
+    # movsx ecx, byte [esi]; xor eax,ecx; inc esi; cmp byte [esi],0; jne l
+    (evidence,) = detect("hash_loop", bytes.fromhex("89c1c1e007c1e91909c80fbe0e31c846803e0075eb"))
+    assert "shl eax, 7" in evidence.detail and "xor eax, ecx" in evidence.detail
+
+
 @pytest.mark.parametrize(
     "code",
     [
+        "8a16d0ea00d1464b75f6",  # l: mov dl,[esi]; shr dl,1; add cl,dl; ...; jnz l (byte-wide mixing)
         "31c0acc1cf0d01c7",  # the same body without the backward jump
         "8a16881746474975f7",  # byte copy loop: loads but never mixes
         "c1cf0d01c74975f8",  # rotate-and-add loop that loads no bytes

@@ -73,7 +73,8 @@ def _patched(image: bytes, offset: int, fmt: str, *values: int) -> bytes:
 
 
 def _export_dir_rva(name: str) -> int:
-    return pefile.PE(data=_file(name), fast_load=True).OPTIONAL_HEADER.DATA_DIRECTORY[0].VirtualAddress
+    pe = pefile.PE(data=_file(name), fast_load=True)
+    return pe.OPTIONAL_HEADER.DATA_DIRECTORY[0].VirtualAddress
 
 
 def _wiped(image: bytes, *, mz: bool = False, signature: bool = False) -> bytes:
@@ -254,7 +255,8 @@ def test_export_name_outside_image_becomes_unnamed_with_warning() -> None:
     names_rva = struct.unpack_from("<I", image, export_dir + 32)[0]
     result = _parse(_patched(image, names_rva, "<I", 0x7FFFFFF0))
     assert result.warnings == ["1 export name(s) unreadable"]
-    assert [(e.ordinal, e.name) for e in result.exports][3:] == [(20, "OrdinalsVersion"), (21, None)]
+    rows = [(e.ordinal, e.name) for e in result.exports]
+    assert rows[3:] == [(20, "OrdinalsVersion"), (21, None)]
 
 
 @pytest.mark.parametrize("name", DLLS)

@@ -154,9 +154,6 @@ class HashIndex:
             if not is_trivial(value):
                 self._table.setdefault(value, []).append(hit)
 
-    def __len__(self) -> int:
-        return len(self._table)
-
     def lookup(self, value: int) -> list[HashHit]:
         """All names whose hash equals `value` (empty for trivial constants)."""
         return list(self._table.get(value & MASK32, ()))

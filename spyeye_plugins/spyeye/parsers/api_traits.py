@@ -233,25 +233,24 @@ _EXPORT_STEPS = {
     ("export", 0x24): Step(None, "export_parsing", "IMAGE_EXPORT_DIRECTORY.AddressOfNameOrdinals (+0x24)"),
     ("ldr_entry", 0): Step("ldr_entry", "", "LIST_ENTRY.Flink"),
 }
-_LIST = "ldr_walk"
 STEPS: dict[int, dict[tuple[str, int], Step]] = {
     32: {
         **_EXPORT_STEPS,
         ("teb", 0x18): Step("teb", "", "TEB self-pointer (fs:[0x18])"),
         ("teb", 0x30): Step("peb", "peb_access", "PEB from TEB+0x30"),
-        ("peb", 0x0C): Step("ldr", _LIST, "PEB->Ldr (+0x0c)"),
-        ("ldr", 0x0C): Step("ldr_entry", _LIST, "Ldr->InLoadOrderModuleList (+0x0c)"),
-        ("ldr", 0x14): Step("ldr_entry", _LIST, "Ldr->InMemoryOrderModuleList (+0x14)"),
-        ("ldr", 0x1C): Step("ldr_entry", _LIST, "Ldr->InInitializationOrderModuleList (+0x1c)"),
+        ("peb", 0x0C): Step("ldr", "ldr_walk", "PEB->Ldr (+0x0c)"),
+        ("ldr", 0x0C): Step("ldr_entry", "ldr_walk", "Ldr->InLoadOrderModuleList (+0x0c)"),
+        ("ldr", 0x14): Step("ldr_entry", "ldr_walk", "Ldr->InMemoryOrderModuleList (+0x14)"),
+        ("ldr", 0x1C): Step("ldr_entry", "ldr_walk", "Ldr->InInitializationOrderModuleList (+0x1c)"),
     },
     64: {
         **_EXPORT_STEPS,
         ("teb", 0x30): Step("teb", "", "TEB self-pointer (gs:[0x30])"),
         ("teb", 0x60): Step("peb", "peb_access", "PEB from TEB+0x60"),
-        ("peb", 0x18): Step("ldr", _LIST, "PEB->Ldr (+0x18)"),
-        ("ldr", 0x10): Step("ldr_entry", _LIST, "Ldr->InLoadOrderModuleList (+0x10)"),
-        ("ldr", 0x20): Step("ldr_entry", _LIST, "Ldr->InMemoryOrderModuleList (+0x20)"),
-        ("ldr", 0x30): Step("ldr_entry", _LIST, "Ldr->InInitializationOrderModuleList (+0x30)"),
+        ("peb", 0x18): Step("ldr", "ldr_walk", "PEB->Ldr (+0x18)"),
+        ("ldr", 0x10): Step("ldr_entry", "ldr_walk", "Ldr->InLoadOrderModuleList (+0x10)"),
+        ("ldr", 0x20): Step("ldr_entry", "ldr_walk", "Ldr->InMemoryOrderModuleList (+0x20)"),
+        ("ldr", 0x30): Step("ldr_entry", "ldr_walk", "Ldr->InInitializationOrderModuleList (+0x30)"),
     },
 }
 E_LFANEW = Step("lfanew", "", "IMAGE_DOS_HEADER.e_lfanew (+0x3c)")
@@ -350,7 +349,7 @@ class StructureTracker:
             return {}
         if m == "pop":
             return {dst: self.stack.pop() if self.stack else None}
-        if m in LOADS or m == "mov":
+        if m in LOADS:
             return {dst: self._value(src, loaded, insn.address)}
         if m == "lea" and isinstance(src, Mem):
             tag = self._resolve(src)
@@ -472,7 +471,8 @@ def _hash_body(body: Sequence[Instruction]) -> str:
     for mix in (i for i in body if _is_mixer(i)):
         accs = _accumulators(body, mix.operands[0])
         for load, byte in ((i, reg) for i, reg in loads if reg not in accs):
-            combine = next((i for i in body for acc in accs if _mixes(i, acc, byte)), None)
+            after = sorted(body, key=lambda i: i.address <= load.address)  # loop order from the load
+            combine = next((i for i in after for acc in accs if _mixes(i, acc, byte)), None)
             if combine:
                 return f"byte load '{load.text}', mix '{mix.text}', combine '{combine.text}'"
     return ""

@@ -56,7 +56,6 @@ class _NtHeaders:
     image_base: int
     section_alignment: int
     size_of_image: int
-    size_of_headers: int
     directories: tuple[tuple[int, int], ...]
     sections: tuple[_Section, ...]
     section_count: int
@@ -164,12 +163,12 @@ def _parse_nt_headers(page: bytes, off: int) -> Optional[_NtHeaders]:
     else:
         base = struct.unpack_from("<Q", page, opt + 24)[0]
     salign = struct.unpack_from("<I", page, opt + 32)[0]
-    size_of_image, size_of_headers = struct.unpack_from("<II", page, opt + 56)
+    size_of_image = struct.unpack_from("<I", page, opt + 56)[0]
     ndirs = struct.unpack_from("<I", page, opt + fixed - 4)[0]
     ndirs = min(ndirs, 16, (opt_size - fixed) // 8, (len(page) - opt - fixed) // 8)
     dirs = tuple(struct.unpack_from("<II", page, opt + fixed + 8 * i) for i in range(ndirs))
-    return _NtHeaders(off, machine, stamp, magic, entry, base, salign, size_of_image,
-                      size_of_headers, dirs, _parse_sections(page, opt + opt_size, nsec), nsec)
+    return _NtHeaders(off, machine, stamp, magic, entry, base, salign, size_of_image, dirs,
+                      _parse_sections(page, opt + opt_size, nsec), nsec)
 
 
 def _e_lfanew(page: bytes) -> Optional[int]:
@@ -479,18 +478,25 @@ def parse_mapped_image(read: Reader, size: int, base: int) -> MappedPE:
     return result
 
 
+def _sane_alignment(alignment: int) -> int:
+    """SectionAlignment if it is a power of two in [0x200, 0x10000], else a page."""
+    power_of_two = alignment & (alignment - 1) == 0
+    return alignment if power_of_two and 0x200 <= alignment <= 0x10000 else PAGE
+
+
 def rebuild_file_layout(image: bytes) -> bytes:
     """Turn a memory-mapped image into a file pefile can load (raw offset = RVA).
 
     Restores wiped ``MZ``/``PE`` magic and machine, sets FileAlignment to SectionAlignment,
-    and clears the security directory (a file offset that is never mapped).
+    and clears the security directory (a file offset that is never mapped). The output is
+    ``image`` (cut to SizeOfImage) padded to the alignment; a larger SizeOfImage is not trusted.
     Raises ValueError when no PE headers can be found.
     """
     headers, _, _ = _locate(bytes(image[:PAGE]))
     if headers is None:
         raise ValueError("no PE headers found")
-    alignment = headers.section_alignment or PAGE
-    size = _align_up(headers.size_of_image or len(image), alignment)
+    alignment = _sane_alignment(headers.section_alignment)
+    size = _align_up(min(headers.size_of_image, len(image)) or len(image), alignment)
     out = bytearray(image[:size]).ljust(size, b"\0")
     out[0:2] = b"MZ"
     struct.pack_into("<I", out, 0x3C, headers.offset)
