@@ -8,7 +8,7 @@ from volatility3.framework import exceptions, interfaces, renderers, symbols
 from volatility3.framework.configuration import requirements
 from volatility3.plugins.windows import info, pslist
 
-from . import SUITE_VERSION
+from . import SUITE_VERSION, vadwalk
 
 vollog = logging.getLogger(__name__)
 
@@ -21,10 +21,7 @@ class Info(interfaces.plugins.PluginInterface):
 
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
-        return [
-            requirements.ModuleRequirement(name="kernel", description="Windows kernel",
-                                           architectures=["Intel32", "Intel64"]),
-            requirements.VersionRequirement(name="pslist", component=pslist.PsList, version=(3, 0, 0)),
+        return vadwalk.kernel_requirements()[:2] + [
             requirements.VersionRequirement(name="info", component=info.Info, version=(2, 0, 0)),
         ]
 

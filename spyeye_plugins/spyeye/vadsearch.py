@@ -28,11 +28,7 @@ class VadSearch(interfaces.plugins.PluginInterface):
 
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
-        return [
-            requirements.ModuleRequirement(name="kernel", description="Windows kernel",
-                                           architectures=["Intel32", "Intel64"]),
-            requirements.VersionRequirement(name="pslist", component=pslist.PsList, version=(3, 0, 0)),
-            requirements.VersionRequirement(name="vadinfo", component=vadinfo.VadInfo, version=(2, 0, 0)),
+        return vadwalk.kernel_requirements() + [
             requirements.ListRequirement(name="keyword", element_type=str, optional=True,
                                          description="Keywords (give several after one --keyword)"),
             requirements.ListRequirement(name="hex", element_type=str, optional=True,

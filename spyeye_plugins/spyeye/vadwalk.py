@@ -8,12 +8,23 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from volatility3.framework import exceptions, interfaces, renderers
-from volatility3.plugins.windows import vadinfo
+from volatility3.framework.configuration import requirements
+from volatility3.plugins.windows import pslist, vadinfo
 
 vollog = logging.getLogger(__name__)
 
 PAGE = 0x1000
 DEFAULT_CHUNK = 0x100000
+
+
+def kernel_requirements() -> List[interfaces.configuration.RequirementInterface]:
+    """The requirements every process-memory plugin of the suite starts with."""
+    return [
+        requirements.ModuleRequirement(name="kernel", description="Windows kernel",
+                                       architectures=["Intel32", "Intel64"]),
+        requirements.VersionRequirement(name="pslist", component=pslist.PsList, version=(3, 0, 0)),
+        requirements.VersionRequirement(name="vadinfo", component=vadinfo.VadInfo, version=(2, 0, 0)),
+    ]
 
 
 @dataclass
@@ -106,14 +117,7 @@ def name_filter(names: Optional[Iterable[str]]) -> Callable[[object], bool]:
     wanted = {n.lower() for n in names or []}
 
     def drop(proc) -> bool:
-        if not wanted:
-            return False
-        try:
-            name = proc.ImageFileName.cast("string", max_length=proc.ImageFileName.vol.count,
-                                           errors="replace")
-        except exceptions.InvalidAddressException:
-            return True
-        return name.lower() not in wanted
+        return bool(wanted) and process_name(proc).lower() not in wanted
     return drop
 
 
