@@ -10,7 +10,6 @@ import volatility3.plugins
 import volatility3.symbols
 from volatility3 import framework
 from volatility3.framework import automagic, contexts, interfaces, plugins, renderers
-from volatility3.framework.configuration import requirements
 
 ROOT = Path(__file__).resolve().parent.parent
 SYMBOLS = ROOT / "symbols"
