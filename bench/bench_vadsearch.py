@@ -3,25 +3,29 @@ raw yara-python over the image file, same image, same run.
 
     python bench/bench_vadsearch.py [--image images/bench-large.raw]
 
-Builds the bench-large image first when it is missing.  Prints a Markdown
-table (wall time, MB/s of VAD data, peak RSS, hits) for bench/RESULTS.md."""
+Builds the bench-large image first when it is missing.  Prints Markdown for
+bench/RESULTS.md: wall time, MB/s of VAD data (wall, and net of Volatility's
+start-up measured with ``windows.pslist``), peak RSS, hits, the planted
+keywords each tool misses, and the ratios the issue sets targets for."""
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import re
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Dict, Set, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYWORDS = ["__CLEANSWEEP__", "cleansweep.exe", "hooked_func", "globpluginspipe", "__SPYNET__",
             "PR_Write", "SPYNET_CHUNK_EDGE", "collector.example.net", "config.bin", "zXeRY3a_PtW"]
 
 
-def run(cmd) -> tuple:
+def run(cmd) -> Tuple[float, float, str]:
     """(seconds, peak RSS MiB, stdout) of a child process."""
     start = time.perf_counter()
     proc = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], capture_output=True, text=True)
@@ -31,13 +35,38 @@ def run(cmd) -> tuple:
 
 
 def vol(*args) -> list:
-    return [str(Path(sys.executable).parent / "vol"), "-q", "-p", str(ROOT / "spyeye_plugins"), *args]
+    return [str(Path(sys.executable).parent / "vol"), "-q", "-p", str(ROOT / "spyeye_plugins"),
+            "-s", str(ROOT / "symbols"), "-r", "csv", *args]
 
 
-def vad_bytes(image: Path) -> int:
-    truth = json.loads(image.with_name(image.stem + ".truth.json").read_text())
+def vad_bytes(truth: Dict) -> int:
+    """Bytes of committed VAD data in the listed processes."""
     linked = {p["pid"] for p in truth["processes"] if p["linked"] and p["pid"] != 4}
-    return sum(v["end"] - v["start"] + 1 for v in truth["vads"] if v["pid"] in linked)
+    return sum(v.get("committed_bytes", v["end"] - v["start"] + 1)
+               for v in truth["vads"] if v["pid"] in linked)
+
+
+def planted(truth: Dict) -> Dict[Tuple[int, int], Tuple[str, int]]:
+    """(pid, va) -> (label, pa) of every resident keyword in a listed process."""
+    linked = {p["pid"] for p in truth["processes"] if p["linked"]}
+    out = {}
+    for plant in truth["plants"]:
+        if plant["pid"] not in linked or not plant["resident"]:
+            continue
+        data = bytes.fromhex(plant["data"])
+        for word in KEYWORDS:
+            for needle in (word.encode(), word.encode("utf-16-le")):
+                skip = data.find(needle)
+                if skip >= 0:
+                    va = plant["va"] + skip
+                    page = next(p for p in plant["pages"] if p["va"] == va & ~0xFFF)
+                    out[(plant["pid"], va)] = (plant["label"], page["pa"] + (va & 0xFFF))
+    return out
+
+
+def vol_hits(out: str, pid_col: str, addr_col: str) -> Set[Tuple[int, int]]:
+    rows = csv.DictReader(io.StringIO(out))
+    return {(int(r[pid_col]), int(r[addr_col], 16)) for r in rows if r.get(pid_col, "").isdigit()}
 
 
 def main() -> None:
@@ -47,35 +76,56 @@ def main() -> None:
     if not args.image.exists():
         subprocess.run([sys.executable, "-m", "fixtures", "build", "--scenario", "bench-large",
                         "--out", str(args.image.parent)], check=True, cwd=ROOT)
+    truth = json.loads(args.image.with_name(args.image.stem + ".truth.json").read_text())
     rule = "rule kw { strings: " + " ".join(
         f'$k{i} = "{k}" ascii wide' for i, k in enumerate(KEYWORDS)) + " condition: any of them }"
     rule_file = args.image.with_suffix(".bench.yar")
     rule_file.write_text(rule)
-    regex = "|".join(re.escape(k) for k in KEYWORDS)
-    total = vad_bytes(args.image) / 1e6
+    image = str(args.image)
     cases = {
         "spyeye.vadsearch (10 keywords, ascii+utf-16le)":
-            vol("-r", "csv", "-f", str(args.image), "spyeye.vadsearch", "--keyword", *KEYWORDS),
+            (vol("-f", image, "spyeye.vadsearch", "--keyword", *KEYWORDS), ("PID", "Address")),
         "windows.vadyarascan (same keywords, one rule)":
-            vol("-r", "csv", "-f", str(args.image), "windows.vadyarascan", "--yara-file", str(rule_file)),
+            (vol("-f", image, "windows.vadyarascan", "--yara-file", str(rule_file)), ("PID", "Offset")),
         "windows.vadregexscan (same keywords, ascii only)":
-            vol("-r", "csv", "-f", str(args.image), "windows.vadregexscan", "--pattern", regex),
+            (vol("-f", image, "windows.vadregexscan", "--pattern", "|".join(map(re.escape, KEYWORDS))),
+             ("PID", "Offset")),
         "raw yara-python over the image file (ceiling)":
-            [sys.executable, "-c", f"import yara,sys; r=yara.compile(filepath={str(rule_file)!r}); "
-             f"m=r.match({str(args.image)!r}); print(sum(len(i.instances) for x in m for i in x.strings))"],
+            ([sys.executable, "-c", f"import yara; r=yara.compile(filepath={str(rule_file)!r}); "
+              f"[print(i.offset) for x in r.match({image!r}) for s in x.strings for i in s.instances]"],
+             None),
     }
-    print(f"image: {args.image.name}, {args.image.stat().st_size / 2**20:.0f} MiB, "
-          f"VAD data of listed processes: {total:.0f} MB\n")
-    print("| tool | wall s | MB/s (VAD data) | peak RSS MiB | hits |")
-    print("|---|---|---|---|---|")
-    base = None
-    for name, cmd in cases.items():
+    startup, _, _ = run(vol("-f", image, "windows.pslist"))
+    total = vad_bytes(truth) / 1e6
+    expected = planted(truth)
+    print(f"image: {args.image.name}, {args.image.stat().st_size / 2**20:.0f} MiB, committed VAD data "
+          f"of listed processes: {total:.0f} MB, largest VAD "
+          f"{max(v['end'] - v['start'] + 1 for v in truth['vads']) / 2**20:.0f} MiB; "
+          f"Volatility start-up + pslist: {startup:.1f} s; planted keywords: {len(expected)}\n")
+    print("| tool | wall s | MB/s wall | MB/s net of start-up | peak RSS MiB | hits | planted missed |")
+    print("|---|---|---|---|---|---|---|")
+    rates, misses = {}, {}
+    for name, (cmd, columns) in cases.items():
         seconds, rss, out = run(cmd)
-        lines = [l for l in out.splitlines() if l.strip()]
-        hits = lines[-1] if name.startswith("raw") else max(0, len(lines) - 1)
-        rate = total / seconds
-        base = base or rate
-        print(f"| {name} | {seconds:.1f} | {rate:.0f} | {rss:.0f} | {hits} |")
+        if columns:
+            found = vol_hits(out, *columns)
+            missed = sorted(label for key, (label, _) in expected.items() if key not in found)
+            hits = len(found)
+            net = seconds - startup
+        else:
+            offsets = {int(line) for line in out.split()}
+            missed = sorted(label for label, pa in expected.values() if pa not in offsets)
+            hits, net = len(offsets), seconds
+        rates[name] = (total / seconds, total / net)
+        misses[name] = missed
+        print(f"| {name} | {seconds:.1f} | {total / seconds:.0f} | {total / net:.0f} | {rss:.0f} | "
+              f"{hits} | {len(missed)} |")
+    ours, yarascan, _, ceiling = rates.values()
+    print(f"\nratios (wall / net): vadsearch vs vadyarascan {ours[0] / yarascan[0]:.2f}x / "
+          f"{ours[1] / yarascan[1]:.2f}x; vadsearch vs raw yara {ours[0] / ceiling[0]:.2f}x / "
+          f"{ours[1] / ceiling[1]:.2f}x\n")
+    for name, missed in misses.items():
+        print(f"- {name} misses: {', '.join(missed) or 'none'}")
 
 
 if __name__ == "__main__":

@@ -106,7 +106,9 @@ def test_private_and_executable_filters(win7_image):
     rows = run_plugin(image, "spyeye.vadsearch.VadSearch",
                       {"keyword": ["globpluginspipe", "MZ"], "private_only": True, "encoding": "ascii",
                        "executable_only": True})
-    assert [(r["PID"], r["Address"]) for r in rows] == [(1484, 0x2A40000)]
+    assert (1484, 0x2A40000) in [(r["PID"], r["Address"]) for r in rows]
+    assert all(r["Private"] and "EXECUTE" in r["Protection"] for r in rows)
+    assert "globpluginspipe" not in {r["Pattern"] for r in rows}
 
 
 def _vol(*args) -> subprocess.CompletedProcess:

@@ -67,10 +67,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def run_plugin(image: Path, plugin: str, config: Optional[Dict[str, Any]] = None,
-               isf_dirs: Optional[List[Path]] = None) -> List[Dict[str, Any]]:
-    """Run ``plugin`` (e.g. ``windows.pslist.PsList``) on ``image``; rows as dicts
-    with a ``__depth`` key for tree levels."""
+def construct(image: Path, plugin: str, config: Optional[Dict[str, Any]] = None,
+              isf_dirs: Optional[List[Path]] = None) -> interfaces.plugins.PluginInterface:
+    """``plugin`` (e.g. ``windows.pslist.PsList``) with its context built for ``image``."""
     plugin_list = _load_plugins()
     for extra in isf_dirs or []:
         if str(extra) not in volatility3.symbols.__path__:
@@ -83,8 +82,13 @@ def run_plugin(image: Path, plugin: str, config: Optional[Dict[str, Any]] = None
         ctx.config[interfaces.configuration.path_join(base, cls.__name__, key)] = value
     magics = automagic.choose_automagic(automagic.available(ctx), cls)
     FileCollector.files = {}
-    constructed = plugins.construct_plugin(ctx, magics, cls, base, None, FileCollector)
-    grid = constructed.run()
+    return plugins.construct_plugin(ctx, magics, cls, base, None, FileCollector)
+
+
+def run_plugin(image: Path, plugin: str, config: Optional[Dict[str, Any]] = None,
+               isf_dirs: Optional[List[Path]] = None) -> List[Dict[str, Any]]:
+    """Run ``plugin`` on ``image``; rows as dicts with a ``__depth`` key for tree levels."""
+    grid = construct(image, plugin, config, isf_dirs).run()
     rows: List[Dict[str, Any]] = []
     names = [c.name for c in grid.columns]
 

@@ -11,6 +11,8 @@ from volatility3.framework import exceptions, interfaces, renderers
 from volatility3.framework.configuration import requirements
 from volatility3.plugins.windows import pslist, vadinfo
 
+from .pageread import PageTableReader
+
 vollog = logging.getLogger(__name__)
 
 PAGE = 0x1000
@@ -74,12 +76,15 @@ def read_chunks(layer: interfaces.layers.DataLayerInterface, start: int, end: in
                 chunk: int = DEFAULT_CHUNK, overlap: int = 0) -> Iterator[Tuple[int, bytes, int]]:
     """Yield ``(address, data, owned)`` over [start, end]: ``data`` covers
     ``owned`` bytes plus up to ``overlap`` more, so a match that starts in the
-    owned part is seen whole exactly once.  Unreadable pages read as zeros."""
+    owned part is seen whole exactly once.  Unreadable pages read as zeros;
+    chunks with no page-table entry at all (reserved memory) are skipped."""
+    reader = PageTableReader(layer)
     address = start
     while address <= end:
         owned = min(chunk, end + 1 - address)
         length = min(owned + overlap, end + 1 - address)
-        yield address, layer.read(address, length, pad=True), owned
+        if reader.mapped(address, length):
+            yield address, reader.read(address, length), owned
         address += owned
 
 

@@ -1,0 +1,160 @@
+"""Bulk virtual reads for Intel paging layers, one page table at a time.
+
+``layer.read(address, length, pad=True)`` translates every 4 KiB page on its
+own (four table look-ups and several Python calls per page), which dominates
+the cost of scanning process memory.  :class:`PageTableReader` walks the same
+tables with the layer's own rules (``_structure``, ``_page_is_valid``,
+``_get_valid_table``, ``_pte_pfn``) but decodes a whole leaf table at once and
+reads each physically contiguous run with one call.  Entries it does not
+handle itself (non-zero invalid entries: swapped, prototype) go back to
+``layer.read``, so the bytes returned are the bytes ``layer.read(pad=True)``
+returns.  Layers that are not Intel paging layers are read with ``layer.read``.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from typing import Callable, List, Optional, Tuple
+
+from volatility3.framework import interfaces
+from volatility3.framework.layers import intel, physical
+
+_NEEDED = ("_structure", "_initial_entry", "_initial_position", "_index_shift",
+           "_entry_format", "_entry_size", "_maxphyaddr", "_get_valid_table",
+           "_page_is_valid", "_pte_pfn", "_PAGE_PSE", "_PAGE_PAT_LARGE", "_base_layer")
+
+# what one step of the walk found for the region it covers
+_LEAF, _LARGE, _EMPTY, _DELEGATE = range(4)
+
+
+class PageTableReader:
+    """``read(address, length)`` with ``layer.read(..., pad=True)`` semantics."""
+
+    def __init__(self, layer: interfaces.layers.DataLayerInterface) -> None:
+        self._layer = layer
+        self._fast = isinstance(layer, intel.Intel) and all(hasattr(layer, a) for a in _NEEDED)
+        if self._fast:
+            self._read_physical = _physical_reader(layer.context.layers[layer._base_layer])
+            count = layer.page_size // layer._entry_size
+            self._unpack: Callable[[bytes], Tuple[int, ...]] = struct.Struct(
+                f"<{count}{layer._entry_format[-1]}").unpack
+            self._tables: dict = {}
+
+    def read(self, address: int, length: int) -> bytes:
+        if not self._fast:
+            return self._layer.read(address, length, pad=True)
+        out = bytearray(length)
+        runs: List[List[int]] = []          # [output offset, physical address, length]
+        position, end = address, address + length
+        while position < end:
+            kind, value, bits = self._walk(position)
+            stop = min(end, ((position >> bits) + 1) << bits)
+            if kind == _LEAF:
+                self._leaf_runs(value, position, stop, address, out, runs)
+            elif kind == _LARGE:
+                frame = (self._layer._pte_pfn(value) << self._layer.page_shift) \
+                    | (position & ((1 << bits) - 1))
+                _add_run(runs, position - address, frame, stop - position)
+            elif kind == _DELEGATE:
+                out[position - address:stop - address] = self._layer.read(position, stop - position, pad=True)
+            position = stop
+        for offset, address, size in runs:
+            out[offset:offset + size] = self._read_physical(address, size)
+        return bytes(out)
+
+    def mapped(self, address: int, length: int) -> bool:
+        """False when no page of the range has a page-table entry (nothing to read)."""
+        if not self._fast:
+            return True
+        position, end = address, address + length
+        while position < end:
+            kind, value, bits = self._walk(position)
+            stop = min(end, ((position >> bits) + 1) << bits)
+            if kind in (_LARGE, _DELEGATE):
+                return True
+            if kind == _LEAF:
+                shift, mask = self._layer.page_shift, len(value) - 1
+                first, last = (position >> shift) & mask, ((stop - 1) >> shift) & mask
+                if any(value[first:last + 1]):
+                    return True
+            position = stop
+        return False
+
+    def _walk(self, address: int) -> Tuple[int, object, int]:
+        """(kind, table entries or entry, log2 of the region size it covers)."""
+        layer = self._layer
+        position, entry = layer._initial_position, layer._initial_entry
+        last = len(layer._structure) - 1
+        for level, (_, size, large_page) in enumerate(layer._structure):
+            if not layer._page_is_valid(entry):
+                return (_EMPTY if entry == 0 else _DELEGATE), entry, position + 1
+            base = layer._mask(entry, layer._maxphyaddr - 1, size + layer._index_shift)
+            entries = self._entries(base)
+            start, position = position, position - size
+            if entries is None:
+                return _EMPTY, 0, start + 1
+            if level == last:
+                return _LEAF, entries, start + 1
+            entry = entries[layer._mask(address, start, position + 1) >> (position + 1)]
+            if large_page and entry & layer._PAGE_PSE:
+                if entry & layer._PAGE_PAT_LARGE:
+                    entry -= layer._PAGE_PAT_LARGE
+                return _LARGE, entry, position + 1
+        raise AssertionError("paging structure has no levels")  # pragma: no cover
+
+    def _entries(self, base: int) -> Optional[Tuple[int, ...]]:
+        """Decoded entries of the table at ``base`` (None: unreadable or all duplicates)."""
+        if base not in self._tables:
+            if len(self._tables) > 64:
+                self._tables.clear()
+            table = self._layer._get_valid_table(base)
+            self._tables[base] = None if table is None else self._unpack(table)
+        return self._tables[base]
+
+    def _leaf_runs(self, entries: Tuple[int, ...], start: int, stop: int, origin: int,
+                   out: bytearray, runs: List[List[int]]) -> None:
+        layer = self._layer
+        page_size, shift, mask = layer.page_size, layer.page_shift, len(entries) - 1
+        valid, pfn = layer._page_is_valid, layer._pte_pfn
+        position = start
+        while position < stop:
+            page_end = min(stop, (position | (page_size - 1)) + 1)
+            entry = entries[(position >> shift) & mask]
+            if valid(entry):
+                frame = (pfn(entry) << shift) | (position & (page_size - 1))
+                size = page_end - position
+                last = runs[-1] if runs else None
+                if last and last[0] + last[2] == position - origin and last[1] + last[2] == frame:
+                    last[2] += size
+                else:
+                    runs.append([position - origin, frame, size])
+            elif entry:
+                out[position - origin:page_end - origin] = layer.read(position, page_end - position, pad=True)
+            position = page_end
+
+
+def _physical_reader(layer: interfaces.layers.DataLayerInterface) -> Callable[[int, int], bytes]:
+    """``read(address, size)`` padded with zeros; a raw image file is read with
+    ``os.pread`` (no seek, no lock: the file is only read)."""
+    try:
+        fileno = layer._file.fileno() if type(layer) is physical.FileLayer else None
+    except (AttributeError, OSError, ValueError):   # not a plain file (e.g. a remote URL)
+        fileno = None
+    if fileno is not None:
+        limit = layer.maximum_address + 1
+
+        def read_file(address: int, size: int) -> bytes:
+            data = os.pread(fileno, max(0, min(size, limit - address)), address) if address < limit else b""
+            return data.ljust(size, b"\0")
+        return read_file
+    return lambda address, size: layer.read(address, size, pad=True)
+
+
+def _add_run(runs: List[List[int]], offset: int, physical: int, size: int) -> None:
+    """Append a run, merging it with the previous one when both are contiguous."""
+    if runs:
+        last = runs[-1]
+        if last[0] + last[2] == offset and last[1] + last[2] == physical:
+            last[2] += size
+            return
+    runs.append([offset, physical, size])
