@@ -12,7 +12,7 @@ from typing import Dict, Iterator, List, Optional, Set, Tuple
 from volatility3.framework import exceptions, interfaces, renderers
 from volatility3.framework.configuration import requirements
 from volatility3.framework.renderers import format_hints
-from volatility3.plugins.windows import pslist, vadinfo
+from volatility3.plugins.windows import vadinfo
 
 from . import vadwalk
 from .parsers.patterns import ENCODINGS, Hit, PatternError, PatternSet
@@ -41,10 +41,7 @@ class VadSearch(interfaces.plugins.PluginInterface):
                                            optional=True, description="Keyword encodings"),
             requirements.BooleanRequirement(name="ignore_case", default=False, optional=True,
                                             description="Case-insensitive keywords and regexes"),
-            requirements.ListRequirement(name="pid", element_type=int, optional=True,
-                                         description="Only these process IDs"),
-            requirements.ListRequirement(name="name", element_type=str, optional=True,
-                                         description="Only processes with these names"),
+            *vadwalk.process_filter_requirements(),
             requirements.IntRequirement(name="vad_start", optional=True,
                                         description="Only the VAD starting at this address"),
             requirements.ListRequirement(name="address_range", element_type=str, optional=True,
@@ -139,17 +136,6 @@ class VadSearch(interfaces.plugins.PluginInterface):
                     hit.encoding, hit.length, format_hints.Hex(start),
                     format_hints.HexBytes(context), vadwalk.optional(linear_found)))
 
-    def _processes(self):
-        pids = self.config.get("pid") or []
-        procs = list(pslist.PsList.list_processes(
-            self.context, self.config["kernel"], filter_func=lambda p: (
-                (bool(pids) and p.UniqueProcessId not in pids)
-                or vadwalk.name_filter(self.config.get("name"))(p))))
-        missing = set(pids) - {int(p.UniqueProcessId) for p in procs}
-        for pid in sorted(missing):
-            vollog.error("no process with PID %d in the active process list", pid)
-        return procs
-
     def _generator(self, patterns: PatternSet):
         kernel = self.context.modules[self.config["kernel"]]
         protect = vadinfo.VadInfo.protect_values(self.context, kernel.layer_name, kernel.symbol_table_name)
@@ -157,7 +143,8 @@ class VadSearch(interfaces.plugins.PluginInterface):
         linear = self._linear_hits(patterns) if self.config.get("compare_physical") else None
         seen_physical: Set[Tuple[int, str, str]] = set()
         max_hits, count = self.config.get("max_hits") or 0, 0
-        procs = self._processes()
+        procs = vadwalk.selected_processes(self.context, self.config["kernel"], self.config.get("pid"),
+                                           self.config.get("name"))
         for index, proc in enumerate(procs):
             pid = int(proc.UniqueProcessId)
             name = vadwalk.process_name(proc)

@@ -29,6 +29,29 @@ def kernel_requirements() -> List[interfaces.configuration.RequirementInterface]
     ]
 
 
+def process_filter_requirements() -> List[interfaces.configuration.RequirementInterface]:
+    """``--pid`` and ``--name``, as every plugin of the suite takes them."""
+    return [
+        requirements.ListRequirement(name="pid", element_type=int, optional=True,
+                                     description="Only these process IDs"),
+        requirements.ListRequirement(name="name", element_type=str, optional=True,
+                                     description="Only processes with these names (case-insensitive)"),
+    ]
+
+
+def selected_processes(context: interfaces.context.ContextInterface, kernel_module_name: str,
+                       pids: Optional[Sequence[int]], names: Optional[Sequence[str]]) -> list:
+    """Active processes matching ``--pid``/``--name``; logs each PID not found."""
+    pids = list(pids or [])
+    keep_name = name_filter(names)
+    procs = list(pslist.PsList.list_processes(
+        context, kernel_module_name,
+        filter_func=lambda p: (bool(pids) and p.UniqueProcessId not in pids) or keep_name(p)))
+    for pid in sorted(set(pids) - {int(p.UniqueProcessId) for p in procs}):
+        vollog.error("no process with PID %d in the active process list", pid)
+    return procs
+
+
 @dataclass
 class VadFacts:
     """What a report needs to say about one VAD."""
