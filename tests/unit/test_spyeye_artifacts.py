@@ -60,12 +60,25 @@ def test_c1_xor_block_reports_key_0x5a_in_reasons():
     assert "strings readable after XOR with 0x5a" in result.reasons
 
 
+def test_c1_reasons_in_stable_order_heaviest_first():
+    blob, _ = blobs.c1_block_ascii()
+    assert sa.decode_c1(blob).reasons == [
+        "bot_path string found (+25)", "config_file string found (+20)", "install_dir string found (+20)",
+        "mutex string found (+15)", "bot_file string found (+10)"]
+
+
 @settings(max_examples=40, deadline=2000)
 @given(st.integers(min_value=1, max_value=255))
 def test_c1_xor_key_recovered_for_any_key(key):
     blob, expected = blobs.c1_block_xor(key)
     result = sa.decode_c1(blob)
     assert (result.xor_key, result.fields) == (key, expected["fields"])
+
+
+def test_c1_xor_block_found_when_random_memory_follows():
+    blob, expected = blobs.c1_block_xor()
+    result = sa.decode_c1(blob + blobs.prng(b"heap noise", 0x800))
+    assert (result.xor_key, result.fields) == (0x5A, expected["fields"])
 
 
 def test_c1_marker_in_english_text_rates_low():
@@ -98,16 +111,15 @@ def test_c1_without_marker_at_offset_is_empty():
     assert result.reasons == ["no !EYE marker at the given offset"]
 
 
-def test_c1_declared_layout_reads_fields_at_offsets():
+def test_c1_declared_layout_values_reported_with_agreement_but_no_extra_confidence():
     blob, expected = blobs.c1_block_ascii()
-    layout = {"build": (0, "u32", 4), "bot_path": (4, "ascii", 260), "install_dir": (264, "ascii", 260)}
-    result = sa.decode_c1(blob, layout=layout)
-    assert result.fields == {
-        "build": [10299],
-        "bot_path": expected["fields"]["bot_path"],
-        "install_dir": expected["fields"]["install_dir"],
-    }
-    assert result.confidence == 45
+    declared = {"build": 10299, "bot_path": expected["fields"]["bot_path"][0], "install_dir": "not a folder",
+                "config_file": expected["fields"]["config_file"][0]}
+    plain, result = sa.decode_c1(blob), sa.decode_c1(blob, declared=declared)
+    assert result.layout_fields == declared
+    assert result.layout_agreement == ["bot_path", "config_file"]
+    assert result.fields == plain.fields and result.confidence == plain.confidence == 90
+    assert result.reasons[-1] == "declared layout (unconfirmed): 2 of 3 text fields hold what their names say"
 
 
 @pytest.mark.parametrize(
@@ -130,6 +142,57 @@ def test_known_mutex_and_pipe_strings_found():
     assert [hit["text"] for hit in hits if hit["kind"] == "mutex"] == expected["mutexes"]
 
 
+@pytest.mark.parametrize("text, encoding, reversed_, kind, score, first_reason", [
+    ("__CLEANSWEEP__", "utf-16le", False, "mutex", 90, "exact SpyEye mutex name (+80)"),
+    ("Global\\__SPYNET__", "ascii", False, "mutex", 80, "exact SpyEye mutex name (+80)"),
+    ("zXeRY3a_PtW7c1e", "ascii", False, "mutex", 70, "SpyEye generated-name prefix (+70)"),
+    ("SPYNET_CHUNK_EDGE", "ascii", False, "mutex", 40, "contains a SpyEye mutex name (+40)"),
+    ("\\\\.\\pipe\\globpluginspipe", "ascii", True, "pipe", 80, "exact SpyEye pipe name (+80)"),
+])
+def test_known_string_rating(text, encoding, reversed_, kind, score, first_reason):
+    found = sa.FoundString(0, text, encoding, kind, reversed_)
+    rated, reasons = sa.rate_known_string(found)
+    assert (rated, reasons[0]) == (score, first_reason)
+    assert ("stored reversed" in reasons) is reversed_
+    assert ("kernel object namespace prefix" in reasons) is text.startswith("Global")
+
+
+def test_mutex_blob_strings_rate_high():
+    blob, _ = blobs.mutex_strings()
+    scores = [sa.rate_known_string(found)[0] for found in sa.find_known_strings(blob)]
+    assert scores == [90, 90, 90, 90, 70, 80]
+
+
+# --- Webinjects ---
+
+def test_webinject_entry_decodes_exactly_even_after_nul_padding():
+    blob, expected = blobs.webinject_block()
+    padded = bytes(64) + blob
+    decoded = sa.decode_webinject(padded, expected["offset"] + 64).to_dict()
+    assert {key: decoded[key] for key in expected} == {**expected, "offset": expected["offset"] + 64}
+
+
+def test_webinject_set_url_found_after_unrelated_bytes_on_the_same_line():
+    blob, expected = blobs.webinject_block()
+    noisy = b"\x8b\x45\xf8\x33\xc0 the file data" + blob
+    result = sa.decode_webinject(noisy, expected["offset"] + len(noisy) - len(blob))
+    assert (result.set_url, result.url_flags, result.confidence) == (expected["set_url"], "GP", 100)
+
+
+def test_webinject_keyword_in_prose_rates_low_with_warning():
+    text = b"The data_before field of the form is optional.\n"
+    result = sa.decode_webinject(text, text.index(b"data_before"))
+    assert (result.sections, result.set_url, result.confidence) == ({}, None, 0)
+    assert result.warnings == ["data_before is not followed by data_end"]
+
+
+def test_webinject_without_set_url_still_reads_sections():
+    blob, expected = blobs.webinject_block()
+    result = sa.decode_webinject(blob[expected["offset"]:], 0)
+    assert result.sections == expected["sections"] and result.set_url is None
+    assert result.confidence == 70
+
+
 # --- Collector records ---
 
 @pytest.mark.parametrize("make", [blobs.record_ie, blobs.record_firefox])
@@ -139,6 +202,7 @@ def test_framed_record_decodes_to_exact_fields(make):
     decoded = result.to_dict()
     assert {key: decoded[key] for key in RECORD_KEYS} == {key: expected[key] for key in RECORD_KEYS}
     assert result.framed and result.warnings == []
+    assert result.frame_length == len(blob) - len(blobs.HEAP_PREFIX) - len(blobs.HEAP_TAIL)
     assert result.raw["func_data"].decode("ascii") == expected["func_data_raw"]
     assert result.confidence >= 95
 
@@ -175,6 +239,7 @@ def test_hooked_func_in_source_text_rates_low():
     result = sa.decode_collector_record(blob, expected["hit_offset"])
     assert result.confidence <= expected["max_confidence"]
     assert (result.framed, result.hooked_func, result.raw) == (False, expected["hooked_func"], {})
+    assert result.reasons == ["no record framing and no SpyEye field values near the hit"]
 
 
 def test_unframed_key_value_record_falls_back():
@@ -200,6 +265,9 @@ def test_checkin_decodes_every_parameter():
     decoded = sa.decode_checkin(blob)
     assert {key: decoded[key] for key in expected} == expected
     assert decoded["params"]["stat"] == "online"
+    query = blob[blob.index(b"guid="):blob.index(b" HTTP/1.1")]
+    assert (decoded["offset"], decoded["length"]) == (blob.index(b"guid="), len(query))
+    assert len(decoded["reasons"]) == 5
 
 
 @pytest.mark.parametrize("number, text", [(10299, "1.2.99"), (10260, "1.2.60"), (10345, "1.3.45"), (10060, "1.0.60")])
@@ -323,7 +391,15 @@ def test_fuzz_config_image(data):
 
 
 @FUZZ
+@given(st.one_of(st.binary(max_size=2000).map(lambda data: b"data_before" + data), _mutated(blobs.webinject_block)))
+def test_fuzz_webinject(data):
+    offset = max(data.find(b"data_before"), 0)
+    assert 0 <= _serialisable(sa.decode_webinject(data, offset).to_dict())["confidence"] <= 100
+
+
+@FUZZ
 @given(st.binary(max_size=2000))
 def test_fuzz_known_strings(data):
     for found in sa.find_known_strings(data):
         assert found.kind in sa.KNOWN_STRINGS
+        assert 0 <= sa.rate_known_string(found)[0] <= 100

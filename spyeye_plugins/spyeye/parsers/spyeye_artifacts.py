@@ -9,6 +9,8 @@ What is decoded, and how sure the public record is (spyeye-facts §0-§5):
   so strings are pulled out and classified rather than read at fixed offsets;
 * form-grabber records for the Collector (`table\\0` + field framing);
 * web-panel check-in query strings;
+* known mutex and pipe names (rated by how exactly they match);
+* webinject entries (`set_url`, `data_before` ... `data_end`);
 * the encrypted-ZIP `config.bin` image.
 """
 
@@ -167,15 +169,36 @@ def find_known_strings(data: bytes) -> list[FoundString]:
     return hits
 
 
+KNOWN_PREFIXES = ("zXeRY3a_PtW",)  # known names that builds extend with a suffix
+_OBJECT_NAMESPACE = re.compile(r"^(?:\\Sessions\\\d+)?(?:\\BaseNamedObjects\\|Global\\|Local\\)", re.I)
+
+
+def rate_known_string(found: FoundString) -> tuple[int, list[str]]:
+    """Confidence (0-100) and reasons for a `find_known_strings` hit as a mutex or pipe name."""
+    name = _OBJECT_NAMESPACE.sub("", found.text)
+    names = KNOWN_STRINGS.get(found.kind or "", ())
+    if name in names:
+        score, reasons = 80, [f"exact SpyEye {found.kind} name (+80)"]
+    elif any(name.startswith(prefix) for prefix in KNOWN_PREFIXES):
+        score, reasons = 70, ["SpyEye generated-name prefix (+70)"]
+    else:
+        score, reasons = 40, [f"contains a SpyEye {found.kind} name (+40)"]
+    if name != found.text:
+        reasons.append("kernel object namespace prefix")
+    if found.encoding == "utf-16le":
+        score += 10
+        reasons.append("UTF-16LE, as the kernel stores object names (+10)")
+    if found.reversed:
+        reasons.append("stored reversed")
+    return min(score, 100), reasons
+
+
 def find_markers(data: bytes) -> list[int]:
     """Offsets of every `!EYE` marker in `data`."""
     return [m.start() for m in re.finditer(re.escape(MARKER), data)]
 
 
 # --- The `!EYE` (C1) block ---
-
-LayoutField = tuple[int, str, int]  # (offset after the marker, "ascii" | "utf-16le" | "u32", length)
-
 
 @dataclass
 class C1Result(_Serialisable):
@@ -189,12 +212,17 @@ class C1Result(_Serialisable):
     encoding: str = "none"
     fields: dict[str, list[Any]] = field(default_factory=dict)
     strings: list[FoundString] = field(default_factory=list)
+    layout_fields: dict[str, Any] = field(default_factory=dict)
+    layout_agreement: list[str] = field(default_factory=list)
     confidence: int = 0
     reasons: list[str] = field(default_factory=list)
 
 
 _XOR_TABLES = [bytes(b ^ key for b in range(256)) for key in range(256)]
 _TEXT_BYTES = bytes([0, 9, 10, 13, *range(0x20, 0x7F)])
+# Decoded with the right key, a block's text ends where unrelated memory begins: the first run
+# of this many non-text bytes (random data has one every ~50 bytes) ends the block.
+_NOISE_RE = re.compile(rb"[^\x00\x09\x0a\x0d\x20-\x7e]{8}")
 
 
 def _c1_window(data: bytes, marker_offset: int) -> bytes:
@@ -225,7 +253,9 @@ def _best_xor(body: bytes) -> Optional[tuple[int, bytes, list[FoundString]]]:
     best: Optional[tuple[tuple[int, int], int, bytes, list[FoundString]]] = None
     for key in range(1, 256):
         decoded = body.translate(_XOR_TABLES[key])
-        if len(decoded.translate(None, _TEXT_BYTES)) * 2 > len(decoded):
+        noise = _NOISE_RE.search(decoded)
+        decoded = decoded[:noise.start()] if noise else decoded
+        if not decoded or len(decoded.translate(None, _TEXT_BYTES)) * 2 > len(decoded):
             continue  # mostly non-text after this key: cannot hold the strings sought
         decoded = _cut_zero_run(decoded)
         strings = _classified(decoded)
@@ -237,23 +267,10 @@ def _best_xor(body: bytes) -> Optional[tuple[int, bytes, list[FoundString]]]:
     return best[1], best[2], best[3]
 
 
-def _read_layout(body: bytes, layout: Mapping[str, LayoutField]) -> dict[str, list[Any]]:
-    """Fields at declared offsets: a confirmed C1 layout can be supplied as data."""
-    fields: dict[str, list[Any]] = {}
-    for name, (offset, kind, length) in layout.items():
-        raw = body[offset:offset + length]
-        if kind == "u32":
-            if len(raw) == 4:
-                fields[name] = [_u32(raw, 0)]
-        elif raw:
-            fields[name] = [raw.decode(kind, "replace").split("\0", 1)[0]]
-    return fields
-
-
-def _layout_strings(fields: dict[str, list[Any]]) -> list[FoundString]:
-    """Declared-layout text values, classified so they score like found strings."""
-    return [classify(FoundString(0, value, "layout")) for values in fields.values() for value in values
-            if isinstance(value, str)]
+def _layout_agreement(declared: Mapping[str, Any]) -> list[str]:
+    """Declared text fields whose value classifies as the kind the field is named for."""
+    return [name for name, value in declared.items()
+            if isinstance(value, str) and classify(FoundString(0, value, "layout")).kind == name]
 
 
 def _group(strings: list[FoundString]) -> dict[str, list[Any]]:
@@ -278,7 +295,7 @@ def _in_text(data: bytes, marker_offset: int) -> bool:
 
 
 def _c1_confidence(result: C1Result, data: bytes, strings: list[FoundString]) -> None:
-    for kind in sorted({found.kind for found in strings if found.kind}, key=lambda k: -C1_KIND_WEIGHTS[k]):
+    for kind in sorted({found.kind for found in strings if found.kind}, key=lambda k: (-C1_KIND_WEIGHTS[k], k)):
         result.confidence += C1_KIND_WEIGHTS[kind]
         result.reasons.append(f"{kind} string found (+{C1_KIND_WEIGHTS[kind]})")
     if any(found.reversed and found.kind for found in strings):
@@ -300,13 +317,15 @@ def decode_c1(
     data: bytes,
     marker_offset: int = 0,
     address: Optional[int] = None,
-    layout: Optional[Mapping[str, LayoutField]] = None,
+    declared: Optional[Mapping[str, Any]] = None,
 ) -> C1Result:
     """Decode the block after the `!EYE` marker at `data[marker_offset]`.
 
-    `address` is the marker's virtual address (enables the 0xB20 check). With
-    no `layout`, strings are classified by shape because the real layout is
-    unpublished; if none classifies, single-byte XOR keys are tried.
+    `address` is the marker's virtual address (enables the 0xB20 check).
+    Strings are classified by shape because the real layout is unpublished; if
+    none classifies, single-byte XOR keys are tried. `declared` holds values a
+    caller read through a declared (unconfirmed) layout: they are reported with
+    how many agree with their field names, and do not change the confidence.
     """
     result = C1Result(marker_offset, address, address is not None and address & 0xFFF == B20_PAGE_OFFSET)
     if data[marker_offset:marker_offset + len(MARKER)] != MARKER:
@@ -317,9 +336,15 @@ def decode_c1(
     if _score(strings)[0] == 0 and (found := _best_xor(body)) is not None:
         result.xor_key, body, strings = found
     result.block_length, result.strings = len(body), strings
-    result.fields = _read_layout(body, layout) if layout else _group(strings)
+    result.fields = _group(strings)
     result.encoding = _encoding_summary(strings)
-    _c1_confidence(result, data, _layout_strings(result.fields) if layout else strings)
+    _c1_confidence(result, data, strings)
+    if declared is not None:
+        result.layout_fields = dict(declared)
+        result.layout_agreement = _layout_agreement(declared)
+        texts = sum(1 for value in declared.values() if isinstance(value, str))
+        result.reasons.append(f"declared layout (unconfirmed): {len(result.layout_agreement)} of {texts} "
+                              "text fields hold what their names say")
     return result
 
 
@@ -388,6 +413,7 @@ class RecordResult(_Serialisable):
     hit_offset: int
     framed: bool = False
     frame_offset: Optional[int] = None
+    frame_length: Optional[int] = None
     table: Optional[str] = None
     declared_fields: Optional[int] = None
     raw: dict[str, bytes] = field(default_factory=dict)
@@ -416,10 +442,13 @@ def _read_ident(data: bytes, pos: int) -> tuple[Optional[str], int]:
     return (match.group()[:-1].decode("ascii"), match.end()) if match else (None, pos)
 
 
-def _parse_fields(data: bytes, pos: int, count: int) -> tuple[list[tuple[str, int, bytes]], list[str]]:
-    """Read up to `count` `name\\0 + DWORD size + bytes` fields; stop at the first damage."""
+def _parse_fields(data: bytes, pos: int, count: int) -> tuple[list[tuple[str, int, bytes]], list[str], int]:
+    """Read up to `count` `name\\0 + DWORD size + bytes` fields; stop at the first damage.
+
+    Returns the fields, warnings, and where the last field read ends."""
     fields: list[tuple[str, int, bytes]] = []
     warnings: list[str] = []
+    end = pos
     for _ in range(count):
         name, after = _read_ident(data, pos)
         if name is None:
@@ -431,13 +460,14 @@ def _parse_fields(data: bytes, pos: int, count: int) -> tuple[list[tuple[str, in
         size = _u32(data, after)
         value = data[after + 4:after + 4 + size]
         fields.append((name, pos, value))
+        end = after + 4 + len(value)
         if len(value) < size:
             warnings.append(f"field {name!r} declares {size} bytes but only {len(value)} remain; kept those")
             break
         pos = after + 4 + size
     if len(fields) < count:
         warnings.append(f"read {len(fields)} of {count} declared fields")
-    return fields, warnings
+    return fields, warnings, end
 
 
 def _frame_at(data: bytes, start: int, hit: int) -> Optional[RecordResult]:
@@ -446,12 +476,12 @@ def _frame_at(data: bytes, start: int, hit: int) -> Optional[RecordResult]:
     if table is None or pos + 4 > len(data) or not 1 <= _u32(data, pos) <= MAX_FIELDS:
         return None
     count = _u32(data, pos)
-    fields, warnings = _parse_fields(data, pos + 4, count)
+    fields, warnings, end = _parse_fields(data, pos + 4, count)
     if not any(offset == hit for _, offset, _ in fields):
         return None
     raw = {name: value for name, _, value in fields}
-    return RecordResult(hit, framed=True, frame_offset=start, table=table, declared_fields=count, raw=raw,
-                        warnings=warnings)
+    return RecordResult(hit, framed=True, frame_offset=start, frame_length=end - start, table=table,
+                        declared_fields=count, raw=raw, warnings=warnings)
 
 
 def _find_frame(data: bytes, hit: int) -> Optional[RecordResult]:
@@ -545,6 +575,8 @@ def decode_collector_record(data: bytes, hit_offset: int) -> RecordResult:
     if record.framed and record.warnings:
         record.confidence -= 10
         record.reasons.append("frame damaged (-10)")
+    if not record.reasons:
+        record.reasons.append("no record framing and no SpyEye field values near the hit")
     record.confidence = max(0, min(100, record.confidence))
     return record
 
@@ -590,6 +622,8 @@ def decode_checkin(text: bytes) -> dict[str, Any]:
     ver = _int_param(params, "ver", warnings)
     os_match = _OS_RE.match(params.get("os", ""))
     result = {
+        "offset": match.start() if match else None,
+        "length": len(match.group()) if match else 0,
         "params": params,
         "guid": guid.to_dict() if guid else None,
         "ver": ver,
@@ -609,8 +643,79 @@ def decode_checkin(text: bytes) -> dict[str, Any]:
         "rep": params.get("rep"),
         "warnings": warnings,
     }
-    checks = (bool(guid and guid.valid), ver is not None, result["ccrc_valid"], result["md5_valid"], bool(os_match))
-    result["confidence"] = 20 * sum(checks)
+    checks = (
+        (bool(guid and guid.valid), "guid is user!computer!8HEX"),
+        (ver is not None, "ver is a number"),
+        (result["ccrc_valid"], "ccrc is 8 hex digits"),
+        (result["md5_valid"], "md5 is 32 hex digits"),
+        (bool(os_match), "os is major.minor.build"),
+    )
+    result["confidence"] = 20 * sum(holds for holds, _ in checks)
+    result["reasons"] = [f"{reason} (+20)" for holds, reason in checks if holds]
+    return result
+
+
+# --- Webinject blocks (webinjects.txt, decrypted in memory) ---
+
+WEBINJECT_BACK = 0x400  # how far before `data_before` the `set_url` line may start
+WEBINJECT_WINDOW = 0x2000  # how far after `data_before` the sections may run
+_SECTION_RE = re.compile(rb"(data_before|data_inject|data_after)[ \t]*\r?\n(.*?)(?:\r?\n)?data_end", re.S)
+_SET_URL_RE = re.compile(rb"set_url[ \t]+(\S+)(?:[ \t]+(\S+))?")
+_MACRO_RE = re.compile(rb"%[A-Z_]{3,20}%")
+
+
+@dataclass
+class WebinjectResult(_Serialisable):
+    """One `set_url` / `data_before` ... `data_end` webinject entry."""
+
+    offset: int
+    length: int = 0
+    set_url: Optional[str] = None
+    url_flags: Optional[str] = None
+    sections: dict[str, str] = field(default_factory=dict)
+    macros: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    confidence: int = 0
+    reasons: list[str] = field(default_factory=list)
+
+
+def _set_url_before(data: bytes, offset: int) -> Optional[re.Match[bytes]]:
+    """The `set_url` line directly before `offset` (only blank space between), if any."""
+    head = data[max(0, offset - WEBINJECT_BACK):offset].rstrip()
+    last = re.split(rb"[\r\n\0]", head)[-1]
+    return _SET_URL_RE.fullmatch(last, max(last.rfind(b"set_url"), 0))
+
+
+def decode_webinject(data: bytes, offset: int) -> WebinjectResult:
+    """Decode the webinject entry whose `data_before` keyword is at `data[offset]`."""
+    result = WebinjectResult(offset)
+    pos, end = offset, min(len(data), offset + WEBINJECT_WINDOW)
+    while (match := _SECTION_RE.match(data, pos, end)) is not None:
+        name = match.group(1).decode("ascii")
+        if name in result.sections:
+            break
+        result.sections[name] = _text(match.group(2))
+        pos = match.end()
+        while pos < end and data[pos] in b" \t\r\n":
+            pos += 1
+    result.length = pos - offset
+    if "data_before" not in result.sections:
+        result.warnings.append("data_before is not followed by data_end")
+    if (set_url := _set_url_before(data, offset)) is not None:
+        result.set_url = set_url.group(1).decode("latin-1")
+        result.url_flags = set_url.group(2).decode("latin-1") if set_url.group(2) else None
+    inject = result.sections.get("data_inject", "").encode("latin-1", "replace")
+    result.macros = sorted({macro.decode("ascii") for macro in _MACRO_RE.findall(inject)})
+    evidence = (
+        (result.set_url is not None, 30, "set_url line before data_before"),
+        ("data_before" in result.sections, 30, "data_before closed by data_end"),
+        ("data_inject" in result.sections, 20, "data_inject section"),
+        (bool(set(result.macros) & set(KNOWN_STRINGS["webinject"])), 20, "SpyEye macro in the injected HTML"),
+    )
+    for holds, points, reason in evidence:
+        if holds:
+            result.confidence += points
+            result.reasons.append(f"{reason} (+{points})")
     return result
 
 
