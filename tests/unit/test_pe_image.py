@@ -19,6 +19,7 @@ from spyeye_plugins.spyeye.parsers.known_names import (
 )
 from spyeye_plugins.spyeye.parsers.pe_image import (
     MappedPE,
+    file_layout_header,
     inspect_header,
     parse_mapped_image,
     rebuild_file_layout,
@@ -273,6 +274,43 @@ def test_rebuilt_file_layout_loads_in_pefile_with_identical_exports(name: str) -
 def test_rebuild_rejects_non_pe() -> None:
     with pytest.raises(ValueError, match="no PE headers found"):
         rebuild_file_layout(bytes(0x2000))
+
+
+def test_file_layout_header_alone_matches_the_whole_rebuild_and_bounds_the_size() -> None:
+    image = map_image(_file("spyplugin_x64.dll"))
+    header, size = file_layout_header(image[:0x1000], len(image))
+    assert size == len(image) == 0x5000
+    assert rebuild_file_layout(image) == header + image[0x1000:]
+    header, size = file_layout_header(image[:0x1000], 0x1000)
+    assert size == len(header) == 0x1000
+
+
+def test_file_layout_header_of_a_tiny_region_does_not_write_past_it() -> None:
+    image = bytearray(map_image(_file("ordinals_x64.dll"))[:0x200])
+    struct.pack_into("<I", image, 0x80 + 24 + 32, 0x200)   # SectionAlignment 0x200
+    header, size = file_layout_header(bytes(image), len(image))
+    assert size == len(header) == 0x200 and header[:2] == b"MZ"
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.binary(max_size=0x1200),
+                 st.builds(lambda index, edits: _edited(_MAPPED[index][:0x1000], edits),
+                           st.sampled_from(range(len(DLLS))),
+                           st.lists(st.tuples(st.integers(0, 0x3FF), st.integers(0, 255)), max_size=12))),
+       st.integers(0, 0x100000))
+def test_file_layout_header_raises_only_value_error(page: bytes, available: int) -> None:
+    try:
+        header, size = file_layout_header(page, available)
+    except ValueError:
+        return
+    assert len(header) == min(size, 0x1000)
+
+
+def _edited(data: bytes, edits: list[tuple[int, int]]) -> bytes:
+    out = bytearray(data)
+    for offset, value in edits:
+        out[offset] = value
+    return bytes(out)
 
 
 def test_map_image_at_other_base_applies_relocations() -> None:

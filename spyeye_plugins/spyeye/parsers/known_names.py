@@ -53,3 +53,12 @@ def plugin_module_names() -> frozenset[str]:
 def sources() -> dict[str, str]:
     """Source key -> citation."""
     return dict(_document()["sources"])
+
+
+def export_tag(name: str) -> Optional[str]:
+    """A short tag for an export name the data file knows, e.g. ``SpyEye plugin export (entry: run)``."""
+    known = known_spyeye_exports().get(name)
+    if known is not None:
+        return f"SpyEye plugin export ({known.role})"
+    host = zeus_host_exports().get(name)
+    return f"Zeus-derived plugin host export ({host.role})" if host is not None else None

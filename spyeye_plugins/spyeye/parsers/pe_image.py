@@ -484,20 +484,20 @@ def _sane_alignment(alignment: int) -> int:
     return alignment if power_of_two and 0x200 <= alignment <= 0x10000 else PAGE
 
 
-def rebuild_file_layout(image: bytes) -> bytes:
-    """Turn a memory-mapped image into a file pefile can load (raw offset = RVA).
+def file_layout_header(page: bytes, available: int) -> tuple[bytes, int]:
+    """The header page of a mapped image fixed for file layout (raw offset = RVA), and the
+    size of the file to write: SizeOfImage, bounded by the ``available`` mapped bytes, aligned.
 
     Restores wiped ``MZ``/``PE`` magic and machine, sets FileAlignment to SectionAlignment,
-    and clears the security directory (a file offset that is never mapped). The output is
-    ``image`` (cut to SizeOfImage) padded to the alignment; a larger SizeOfImage is not trusted.
-    Raises ValueError when no PE headers can be found.
+    points each section's raw data at its RVA and clears the security directory (a file offset
+    that is never mapped). Raises ValueError when no PE headers can be found.
     """
-    headers, _, _ = _locate(bytes(image[:PAGE]))
+    headers, _, _ = _locate(bytes(page[:PAGE]))
     if headers is None:
         raise ValueError("no PE headers found")
     alignment = _sane_alignment(headers.section_alignment)
-    size = _align_up(min(headers.size_of_image, len(image)) or len(image), alignment)
-    out = bytearray(image[:size]).ljust(size, b"\0")
+    size = _align_up(min(headers.size_of_image, available) or available, alignment)
+    out = bytearray(page[:PAGE]).ljust(PAGE, b"\0")
     out[0:2] = b"MZ"
     struct.pack_into("<I", out, 0x3C, headers.offset)
     struct.pack_into("<4sH", out, headers.offset, b"PE\0\0", _MACHINE_CODES[headers.machine])
@@ -508,4 +508,12 @@ def rebuild_file_layout(image: bytes) -> bytes:
         va = min(section.virtual_address, size)
         raw_size = min(_align_up(section.span, alignment), size - va)
         struct.pack_into("<II", out, section.offset + 16, raw_size, va)
-    return bytes(out)
+    return bytes(out[:size]), size
+
+
+def rebuild_file_layout(image: bytes) -> bytes:
+    """Turn a whole memory-mapped image into a file pefile can load (see
+    :func:`file_layout_header`); the output is ``image`` cut to SizeOfImage and padded to the
+    alignment. Raises ValueError when no PE headers can be found."""
+    header, size = file_layout_header(image[:PAGE], len(image))
+    return (header + bytes(image[len(header):size])).ljust(size, b"\0")

@@ -1,0 +1,292 @@
+"""``spyeye.injected``: PE images that no loaded file backs, and what they export.
+
+Candidates are executable VADs that are not loader-listed images (manually mapped DLLs in
+private or shared memory), image VADs missing from a PEB loader list (the ``ldrmodules``
+view) and PE headers at the start of private non-executable VADs. Each is parsed as a
+memory-mapped image, even with its ``MZ``/``PE`` magic wiped or pages missing, and its exports
+are listed and tagged with known SpyEye names. ``--dump`` writes a file-layout copy."""
+from __future__ import annotations
+
+import datetime
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional, Set, Tuple
+
+from volatility3.framework import exceptions, interfaces, renderers
+from volatility3.framework.configuration import requirements
+from volatility3.framework.renderers import format_hints
+from volatility3.plugins.windows import vadinfo
+
+from . import vadwalk
+from .parsers import known_names
+from .parsers.pe_image import ExportEntry, HeaderEvidence, MappedPE, Reader, file_layout_header, \
+    inspect_header, parse_mapped_image
+
+vollog = logging.getLogger(__name__)
+
+LOADER_LISTS = (("load", "load_order_modules"), ("memory", "mem_order_modules"),
+                ("init", "init_order_modules"))
+"""Short name of each PEB loader list and the EPROCESS method that walks it."""
+
+
+@dataclass
+class Candidate:
+    """A region that may hold an injected image, why it was flagged, and what was parsed."""
+
+    vad: vadwalk.VadFacts
+    layer_name: str
+    reasons: List[str]
+    header: Optional[HeaderEvidence]
+    pe: Optional[MappedPE]
+    missing: List[Tuple[int, int]] = field(default_factory=list)
+    """Half-open RVA ranges of the image (SizeOfImage) that are not resident or lie past the VAD."""
+
+    @property
+    def size(self) -> int:
+        return self.vad.end + 1 - self.vad.start
+
+
+def region_reader(layer: interfaces.layers.DataLayerInterface, base: int) -> Reader:
+    """A parser reader over ``layer`` at ``base``: bytes at an RVA, None if any page is absent."""
+    def read(rva: int, length: int) -> Optional[bytes]:
+        address = base + rva
+        if not vadwalk.resident(layer, address, length):
+            return None
+        try:
+            return layer.read(address, length)
+        except exceptions.InvalidAddressException:
+            return None
+    return read
+
+
+def missing_pages(layer: interfaces.layers.DataLayerInterface, base: int, size: int) -> List[Tuple[int, int]]:
+    """Half-open RVA ranges of the pages in [base, base+size) that are not resident."""
+    ranges: List[Tuple[int, int]] = []
+    for rva in range(0, size, vadwalk.PAGE):
+        if vadwalk.resident(layer, base + rva, 1):
+            continue
+        end = min(rva + vadwalk.PAGE, size)
+        if ranges and ranges[-1][1] == rva:
+            ranges[-1] = (ranges[-1][0], end)
+        else:
+            ranges.append((rva, end))
+    return ranges
+
+
+def image_missing(layer: interfaces.layers.DataLayerInterface, base: int, vad_size: int,
+                  image_size: int) -> List[Tuple[int, int]]:
+    """Non-resident pages of an image, plus the part of SizeOfImage past the VAD's end."""
+    ranges = missing_pages(layer, base, min(image_size, vad_size))
+    if image_size > vad_size:
+        if ranges and ranges[-1][1] == vad_size:
+            ranges[-1] = (ranges[-1][0], image_size)
+        else:
+            ranges.append((vad_size, image_size))
+    return ranges
+
+
+def loader_bases(proc) -> Optional[Dict[str, Set[int]]]:
+    """DllBase values of each readable, non-empty PEB loader list (a list that fails part-way
+    is left out rather than trusted); None when no list can be read."""
+    if not proc.Peb:
+        return None
+    bases: Dict[str, Set[int]] = {}
+    for short, method in LOADER_LISTS:
+        try:
+            found = {int(entry.DllBase) for entry in getattr(proc, method)()}
+        except (exceptions.InvalidAddressException, ValueError) as exc:
+            vollog.warning("PID %s: %s order list unreadable (%s)", proc.UniqueProcessId, short, exc)
+            continue
+        if found:
+            bases[short] = found
+    return bases or None
+
+
+def main_image_base(proc) -> Optional[int]:
+    """The PEB's ImageBaseAddress (the exe, which is never in the init order list)."""
+    try:
+        return int(proc.get_peb().ImageBaseAddress)
+    except (exceptions.InvalidAddressException, ValueError):
+        return None
+
+
+def unlisted(start: int, lists: Dict[str, Set[int]], exe_base: Optional[int]) -> List[str]:
+    """Loader lists that do not hold the module at ``start``."""
+    return [short for short, bases in lists.items()
+            if start not in bases and not (short == "init" and start == exe_base)]
+
+
+class InjectedImages(interfaces.plugins.PluginInterface):
+    """Lists PE images injected into process memory and their exports."""
+
+    _required_framework_version = (2, 0, 0)
+    _version = (1, 0, 0)
+
+    @classmethod
+    def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
+        return vadwalk.kernel_requirements() + vadwalk.process_filter_requirements() + [
+            requirements.BooleanRequirement(name="all_exec", default=False, optional=True,
+                                            description="Report every private executable VAD, PE or not"),
+            requirements.BooleanRequirement(name="dump", default=False, optional=True,
+                                            description="Write each image with a file-layout header"),
+        ]
+
+    # --- detection (reused by spyeye.apiscore) ---------------------------------------------
+    @classmethod
+    def list_candidates(cls, context: interfaces.context.ContextInterface, kernel_module_name: str,
+                        proc, protect_values=None, all_exec: bool = False) -> Iterator[Candidate]:
+        """Regions of ``proc`` that may hold injected images, in address order.
+
+        ``protect_values`` defaults to the kernel's (``VadInfo.protect_values``). With
+        ``all_exec`` every private executable VAD is a candidate, PE or not."""
+        pid = proc.UniqueProcessId
+        if protect_values is None:
+            kernel = context.modules[kernel_module_name]
+            protect_values = vadinfo.VadInfo.protect_values(context, kernel.layer_name,
+                                                            kernel.symbol_table_name)
+        try:
+            layer_name = proc.add_process_layer()
+        except exceptions.InvalidAddressException as exc:
+            vollog.warning("PID %s: no readable address space (%s)", pid, exc)
+            return
+        lists = loader_bases(proc)
+        if lists is None and proc.Peb:
+            vollog.warning("PID %s: PEB loader lists unreadable; image VADs not checked", pid)
+        exe_base = main_image_base(proc)
+        for vad in vadwalk.process_vads(proc, protect_values):
+            reason = cls._vad_reason(vad, lists, exe_base)
+            if reason is not None:
+                candidate = cls._inspect(context.layers[layer_name], layer_name, vad, reason, all_exec)
+                if candidate is not None:
+                    yield candidate
+
+    @staticmethod
+    def _vad_reason(vad: vadwalk.VadFacts, lists: Optional[Dict[str, Set[int]]],
+                    exe_base: Optional[int]) -> Optional[str]:
+        """Why ``vad`` deserves a look at its first page, or None (normal module, data file)."""
+        if vad.file is not None and not vad.private:
+            if not vad.executable or lists is None:
+                return None                      # a mapped data file, or nothing to compare with
+            missing = unlisted(vad.start, lists, exe_base)
+            if not missing:
+                return None                      # loaded normally by the loader
+            return f"image VAD not in {'/'.join(missing)} order list{'s' if len(missing) > 1 else ''}"
+        if vad.executable:
+            return "private executable memory" if vad.private else "executable shared memory (no file)"
+        return "private non-executable memory" if vad.private else None
+
+    @staticmethod
+    def _inspect(layer, layer_name: str, vad: vadwalk.VadFacts, reason: str,
+                 all_exec: bool) -> Optional[Candidate]:
+        """Read the VAD's first page and, when it is a PE header, parse the image."""
+        size = vad.end + 1 - vad.start
+        read = region_reader(layer, vad.start)
+        page = read(0, min(vadwalk.PAGE, size))
+        header = inspect_header(page) if page is not None else None
+        evidence = ["header page not resident"] if header is None else list(header.evidence)
+        if header is None or not header.is_pe:
+            image_vad = reason.startswith("image VAD")
+            if (image_vad and header is None) or (all_exec and reason == "private executable memory"):
+                return Candidate(vad, layer_name, [reason, *evidence], header, None)
+            return None
+        pe = parse_mapped_image(read, size, vad.start)
+        return Candidate(vad, layer_name, [reason, *evidence], header, pe,
+                         image_missing(layer, vad.start, size, pe.size_of_image or size))
+
+    # --- output ----------------------------------------------------------------------------
+    def _generator(self):
+        kernel = self.context.modules[self.config["kernel"]]
+        protect = vadinfo.VadInfo.protect_values(self.context, kernel.layer_name, kernel.symbol_table_name)
+        procs = vadwalk.selected_processes(self.context, self.config["kernel"], self.config.get("pid"),
+                                           self.config.get("name"))
+        for index, proc in enumerate(procs):
+            pid = int(proc.UniqueProcessId)
+            name = vadwalk.process_name(proc)
+            self._progress_callback(100.0 * index / max(len(procs), 1), f"Looking for images in PID {pid}")
+            for candidate in self.list_candidates(self.context, self.config["kernel"], proc, protect,
+                                                  bool(self.config.get("all_exec"))):
+                self._log_warnings(pid, candidate)
+                yield 0, self._region_row(pid, name, candidate)
+                for export in candidate.pe.exports if candidate.pe else []:
+                    yield 1, self._export_row(pid, name, candidate.vad, export)
+
+    @staticmethod
+    def _log_warnings(pid: int, candidate: Candidate) -> None:
+        for warning in candidate.pe.warnings if candidate.pe else []:
+            vollog.warning("PID %d image at %#x: %s", pid, candidate.vad.start, warning)
+
+    def _region_row(self, pid: int, name: str, candidate: Candidate) -> tuple:
+        vad, pe = candidate.vad, candidate.pe
+        na = renderers.NotApplicableValue()
+        pe_values = (na,) * 7 if pe is None else (
+            _hex(pe.header_image_base), vadwalk.optional(pe.size_of_image),
+            vadwalk.optional(pe.machine), _timestamp(pe.timestamp), vadwalk.optional(pe.dll_name),
+            len(pe.exports), _missing_text(candidate.missing))
+        return (pid, name, format_hints.Hex(vad.start), format_hints.Hex(vad.end), vad.protection,
+                vad.private, vadwalk.optional(vad.file), "; ".join(candidate.reasons), *pe_values,
+                "; ".join(pe.warnings) if pe else "", self._dump(pid, candidate),
+                na, na, na, na, na, na)
+
+    @staticmethod
+    def _export_row(pid: int, name: str, vad: vadwalk.VadFacts, export: ExportEntry) -> tuple:
+        na = renderers.NotApplicableValue()
+        return (pid, name, format_hints.Hex(vad.start), format_hints.Hex(vad.end),
+                *(na,) * 13, export.ordinal, vadwalk.optional(export.name),
+                format_hints.Hex(export.rva), format_hints.Hex(export.address),
+                vadwalk.optional(export.forwarder), vadwalk.optional(known_tag(export.name)))
+
+    def _dump(self, pid: int, candidate: Candidate):
+        if not self.config.get("dump"):
+            return renderers.NotApplicableValue()
+        if candidate.pe is None:
+            return renderers.NotAvailableValue()
+        try:
+            return self.dump_image(candidate, pid)
+        except (ValueError, OSError) as exc:
+            vollog.warning("PID %d image at %#x: not dumped (%s)", pid, candidate.vad.start, exc)
+            return renderers.UnreadableValue()
+
+    def dump_image(self, candidate: Candidate, pid: int) -> str:
+        """Write the image with its header fixed for file layout; returns the file name."""
+        layer = self.context.layers[candidate.layer_name]
+        start = candidate.vad.start
+        header_page = layer.read(start, min(vadwalk.PAGE, candidate.size), pad=True)
+        header, size = file_layout_header(header_page, candidate.size)
+        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", re.sub(r"(?i)\.dll$", "", candidate.pe.dll_name or "image"))
+        with self.open(f"pid.{pid}.{start:#x}.{stem}.dll") as handle:
+            handle.write(header[:size])
+            if size > len(header):
+                for _, data, owned in vadwalk.read_chunks(layer, start + len(header), start + size - 1):
+                    handle.write(data[:owned])
+        return handle.preferred_filename            # final name, set when the handler closes
+
+    def run(self) -> renderers.TreeGrid:
+        columns = [("PID", int), ("Process", str), ("VAD Start", format_hints.Hex),
+                   ("VAD End", format_hints.Hex), ("Protection", str), ("Private", bool),
+                   ("File", str), ("Reason", str), ("Image Base", format_hints.Hex), ("Size", int),
+                   ("Machine", str), ("Timestamp", datetime.datetime), ("DLL Name", str),
+                   ("Exports", int), ("Missing", str), ("Warnings", str), ("File output", str),
+                   ("Ordinal", int), ("Export Name", str), ("RVA", format_hints.Hex),
+                   ("Address", format_hints.Hex), ("Forwarder", str), ("Known", str)]
+        return renderers.TreeGrid(columns, self._generator())
+
+
+def known_tag(name: Optional[str]) -> Optional[str]:
+    """What the known-names data says about an export name, if anything."""
+    return known_names.export_tag(name) if name else None
+
+
+def _hex(value: Optional[int]):
+    return renderers.NotAvailableValue() if value is None else format_hints.Hex(value)
+
+
+def _timestamp(value: Optional[int]):
+    if value is None:
+        return renderers.NotAvailableValue()
+    return datetime.datetime.fromtimestamp(value, tz=datetime.timezone.utc)
+
+
+def _missing_text(missing: List[Tuple[int, int]]) -> str:
+    """Non-resident ranges as ``start-end`` RVAs (half-open), or an empty string."""
+    return ", ".join(f"{start:#x}-{end:#x}" for start, end in missing)

@@ -1,0 +1,288 @@
+"""``spyeye.injected`` on the default image, checked against the ground truth and pefile's
+reading of the committed fixture DLLs."""
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import pefile
+import pytest
+from volatility3.plugins.windows import pslist, vadinfo
+
+from fixtures.pe_mapper import DLL_DIR
+from spyeye_plugins.spyeye.injected import InjectedImages, unlisted
+from spyeye_plugins.spyeye.parsers.known_names import known_spyeye_exports
+from spyeye_plugins.spyeye.parsers.pe_image import inspect_header
+from spyeye_plugins.spyeye.vadwalk import VadFacts
+from tests.vol_runner import ROOT, FileCollector, construct, run_plugin
+
+PLUGIN = "spyeye.injected.InjectedImages"
+MACHINES = {0x14C: "x86", 0x8664: "x64"}
+
+
+def _regions(rows: List[Dict]) -> Dict[Tuple[int, int], Tuple[Dict, List[Dict]]]:
+    """(PID, VAD start) -> (region row, its export rows)."""
+    out: Dict[Tuple[int, int], Tuple[Dict, List[Dict]]] = {}
+    for row in rows:
+        if row["__depth"] == 0:
+            current = (row, [])
+            out[(row["PID"], row["VAD Start"])] = current
+        else:
+            assert (row["PID"], row["VAD Start"]) == (current[0]["PID"], current[0]["VAD Start"])
+            current[1].append(row)
+    return out
+
+
+@pytest.fixture(scope="module")
+def regions(win7_image):
+    image, _ = win7_image
+    return _regions(run_plugin(image, PLUGIN))
+
+
+def _pefile(dll: str) -> pefile.PE:
+    return pefile.PE(str(DLL_DIR / dll))
+
+
+def _pefile_exports(pe: pefile.PE, base: int) -> List[Tuple]:
+    return sorted((s.ordinal, s.name.decode() if s.name else None, s.address, base + s.address,
+                   s.forwarder.decode() if s.forwarder else None)
+                  for s in pe.DIRECTORY_ENTRY_EXPORT.symbols)
+
+
+def _row_exports(children: List[Dict]) -> List[Tuple]:
+    return [(r["Ordinal"], r["Export Name"], r["RVA"], r["Address"], r["Forwarder"]) for r in children]
+
+
+def _injected_plants(truth) -> Dict[Tuple[int, int], Dict]:
+    """Planted images by (PID, VAD start): one entry per region (split plants merged)."""
+    out: Dict[Tuple[int, int], Dict] = {}
+    for plant in truth["plants"]:
+        if plant["label"].startswith("injected-"):
+            out.setdefault((plant["pid"], plant["vad_start"]), plant)
+    return out
+
+
+def _pe_plants(truth) -> set:
+    """(PID, VAD start) of every plant (any feature's) that puts a PE header at a VAD start."""
+    return {(p["pid"], p["vad_start"]) for p in truth["plants"]
+            if p["pid"] is not None and p["va"] == p["vad_start"] and p["resident"]
+            and inspect_header(bytes.fromhex(p["data"])[:0x1000]).is_pe}
+
+
+def _unlinked_modules(truth) -> List[Dict]:
+    return [m for m in truth["modules"] if not any(m["in_lists"])]
+
+
+WELL_FORMED = ["injected-explorer-spyplugin", "injected-firefox-spyplugin-x86",
+               "injected-iexplore-wiped", "injected-iexplore-pagedout-header",
+               "injected-bot-absurd-count"]
+
+
+@pytest.mark.parametrize("label", WELL_FORMED)
+def test_planted_image_flagged_with_reason_pe_facts_and_exact_exports(win7_image, regions, label):
+    _, truth = win7_image
+    (plant,) = [p for p in truth["plants"] if p["label"] == label]
+    pe = _pefile(plant["meta"]["dll"])
+    row, children = regions[(plant["pid"], plant["vad_start"])]
+    assert row["VAD End"] == plant["vad_end"] and row["Private"] is True
+    assert row["Protection"] == "PAGE_EXECUTE_READWRITE" and row["File"] is None
+    assert row["Reason"].startswith(plant["meta"]["reason"] + "; ")
+    assert row["Machine"] == MACHINES[pe.FILE_HEADER.Machine]
+    assert row["DLL Name"] == pe.DIRECTORY_ENTRY_EXPORT.name.decode()
+    assert row["Image Base"] == plant["vad_start"]
+    assert row["Size"] == pe.OPTIONAL_HEADER.SizeOfImage
+    assert row["Timestamp"] == datetime.datetime.fromtimestamp(pe.FILE_HEADER.TimeDateStamp,
+                                                               tz=datetime.timezone.utc)
+    expected = _pefile_exports(pe, plant["vad_start"])
+    assert row["Exports"] == len(expected) == len(children)
+    assert _row_exports(children) == expected
+
+
+def test_unlinked_image_vad_flagged_with_lists_and_exact_exports(win7_image, regions):
+    _, truth = win7_image
+    (module,) = [m for m in _unlinked_modules(truth) if m["pid"] == 3012]
+    row, children = regions[(3012, module["base"])]
+    assert row["Reason"].startswith("image VAD not in load/memory/init order lists; MZ present")
+    assert row["Private"] is False and row["Protection"] == "PAGE_EXECUTE_WRITECOPY"
+    assert row["File"] == module["path"][2:]
+    assert (row["Machine"], row["DLL Name"], row["Size"]) == ("x64", "ordinals.dll", module["size"])
+    assert _row_exports(children) == _pefile_exports(_pefile("ordinals_x64.dll"), module["base"])
+
+
+def test_wiped_magic_reported_as_evidence(win7_image, regions):
+    _, truth = win7_image
+    (plant,) = [p for p in truth["plants"] if p["label"] == "injected-iexplore-wiped"]
+    assert bytes.fromhex(plant["data"])[:2] == b"\0\0"
+    row, _ = regions[(plant["pid"], plant["vad_start"])]
+    reasons = row["Reason"].split("; ")
+    assert {"MZ erased", "PE signature erased", "NT headers at +0x80", "section table valid"} <= set(reasons)
+
+
+def test_paged_out_image_lists_exports_and_says_what_is_missing(win7_image, regions):
+    _, truth = win7_image
+    (plant,) = [p for p in truth["plants"] if p["label"] == "injected-iexplore-pagedout-header"]
+    row, children = regions[(plant["pid"], plant["vad_start"])]
+    assert row["Missing"] == ", ".join(f"{a:#x}-{b:#x}" for a, b in plant["meta"]["paged_out"])
+    assert len(children) == 19 and row["Warnings"] == ""
+
+
+def test_malformed_images_warn_and_give_what_could_be_read(win7_image, caplog):
+    image, truth = win7_image
+    with caplog.at_level(logging.WARNING):
+        found = _regions(run_plugin(image, PLUGIN, {"pid": [3012]}))
+    absurd, header_only = (next(p for p in truth["plants"] if p["label"] == label)
+                           for label in ("injected-bot-absurd-count", "injected-bot-header-only"))
+    row, children = found[(3012, absurd["vad_start"])]
+    assert row["Warnings"] == "NumberOfFunctions 0x40000000 absurd (table at 0x3028); capped to 19"
+    assert len(children) == 19
+    row, children = found[(3012, header_only["vad_start"])]
+    assert (row["Machine"], row["Size"], row["Exports"], row["DLL Name"]) == ("x64", 0x4000, 0, None)
+    assert row["Missing"] == "0x1000-0x4000" and not children
+    assert row["Warnings"].split("; ") == ["SizeOfImage 0x4000 exceeds region size 0x1000",
+                                           "export directory at 0x2000 outside image",
+                                           "import directory at 0x3000 outside image"]
+    logged = [r.getMessage() for r in caplog.records if r.name.endswith("spyeye.injected")]
+    assert f"PID 3012 image at {header_only['vad_start']:#x}: export directory at 0x2000 outside image" \
+        in logged
+
+
+def test_only_planted_images_reported_and_normal_modules_are_silent(win7_image, regions):
+    _, truth = win7_image
+    planted = set(_injected_plants(truth)) | {(m["pid"], m["base"]) for m in _unlinked_modules(truth)}
+    assert planted <= set(regions) == planted | _pe_plants(truth)
+    listed = {(m["pid"], m["base"]) for m in truth["modules"] if all(m["in_lists"])}
+    assert (1484, 0x0B100000) in listed         # imgutil.dll, loaded normally
+    assert not listed & set(regions)
+    assert (1484, 0x2A40000) not in regions     # "MZ" bytes but no PE headers
+
+
+def test_known_spyeye_names_are_tagged(win7_image, regions):
+    _, truth = win7_image
+    known = known_spyeye_exports()
+    for key, plant in _injected_plants(truth).items():
+        for child in regions[key][1]:
+            if child["Export Name"] in known:
+                assert child["Known"] == f"SpyEye plugin export ({known[child['Export Name']].role})"
+            else:
+                assert child["Known"] is None
+    explorer = regions[(1484, 0x0B000000)][1]
+    assert sum(r["Known"] is not None for r in explorer) == 19
+
+
+def test_all_exec_reports_every_private_executable_vad(win7_image):
+    image, truth = win7_image
+    found = _regions(run_plugin(image, PLUGIN, {"all_exec": True}))
+    linked = {p["pid"] for p in truth["processes"] if p["linked"]}
+    private_exec = {(v["pid"], v["start"]) for v in truth["vads"]
+                    if v["pid"] in linked and v["private"] and "EXECUTE" in v["protection"]}
+    unlinked = {(m["pid"], m["base"]) for m in _unlinked_modules(truth)}
+    assert set(found) == private_exec | unlinked
+    row, children = found[(1484, 0x2A40000)]
+    assert row["Reason"] == "private executable memory; MZ present; e_lfanew 0x0 invalid; no NT headers found"
+    assert row["Machine"] is None and row["Exports"] is None and not children
+
+
+@pytest.mark.parametrize("config,expected", [
+    ({"pid": [2356]}, [(2356, 0x0B000000)]),
+    ({"name": ["iexplore.exe"]}, [(2172, 0x0B000000), (2172, 0x0B100000)]),
+])
+def test_pid_and_name_filters(win7_image, config, expected):
+    image, _ = win7_image
+    assert sorted(_regions(run_plugin(image, PLUGIN, config))) == expected
+
+
+def test_dumped_images_load_in_pefile_with_the_original_exports(win7_image):
+    image, truth = win7_image
+    found = _regions(run_plugin(image, PLUGIN, {"dump": True}))
+    files = dict(FileCollector.files)
+    plants = _injected_plants(truth)
+    assert len(files) == len(found) and set(plants) <= set(found)
+    for (pid, start), (row, _) in found.items():
+        if (pid, start) not in plants:
+            continue
+        name = row["File output"]
+        assert name.startswith(f"pid.{pid}.{start:#x}.") and name in files
+        dumped = pefile.PE(data=files[name])
+        if "malformed" in plants[(pid, start)]["meta"]:
+            continue                            # dumped as found: the export table stays corrupt
+        original = _pefile(plants[(pid, start)]["meta"]["dll"])
+        assert dumped.DIRECTORY_ENTRY_EXPORT.name == original.DIRECTORY_ENTRY_EXPORT.name
+        assert _pefile_exports(dumped, 0) == _pefile_exports(original, 0)
+        assert files[name][:2] == b"MZ"
+
+
+def test_list_candidates_contract(win7_image):
+    image, truth = win7_image
+    plugin = construct(image, PLUGIN)
+    kernel = plugin.context.modules[plugin.config["kernel"]]
+    protect = vadinfo.VadInfo.protect_values(plugin.context, kernel.layer_name, kernel.symbol_table_name)
+    (proc,) = pslist.PsList.list_processes(plugin.context, plugin.config["kernel"],
+                                           filter_func=lambda p: p.UniqueProcessId != 1484)
+    cls = type(plugin)
+    found = list(cls.list_candidates(plugin.context, plugin.config["kernel"], proc, protect))
+    assert [c.vad.start for c in found] == sorted(start for pid, start in _pe_plants(truth) if pid == 1484)
+    (candidate,) = [c for c in found if c.vad.start == 0x0B000000]
+    assert candidate.layer_name in plugin.context.layers
+    assert candidate.reasons[0] == "private executable memory" and candidate.header.is_pe
+    assert candidate.pe.dll_name == "ccgrabber.dll" and candidate.missing == []
+    every = list(cls.list_candidates(plugin.context, plugin.config["kernel"], proc, protect, all_exec=True))
+    assert [c.vad.start for c in every] == sorted(
+        v["start"] for v in truth["vads"]
+        if v["pid"] == 1484 and v["private"] and "EXECUTE" in v["protection"])
+    assert [c.pe is None for c in every if c.vad.start in (0x2A40000, 0x0B000000)] == [True, False]
+
+
+def _vol(*args) -> subprocess.CompletedProcess:
+    vol = Path(sys.executable).parent / "vol"
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    return subprocess.run([str(vol), "-q", "-p", str(ROOT / "spyeye_plugins"), *args],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_json_output_nests_exports_under_regions(win7_image, tmp_path):
+    image, _ = win7_image
+    out = _vol("-r", "json", "-o", str(tmp_path), "-f", str(image), "spyeye.injected",
+               "--pid", "2356", "--dump")
+    assert "Traceback" not in out.stderr
+    (row,) = json.loads(out.stdout)
+    assert (row["PID"], row["VAD Start"], row["Machine"], row["DLL Name"]) == \
+        (2356, 0x0B000000, "x86", "ccgrabber.dll")
+    assert row["Timestamp"] == "2011-03-15T12:00:00+00:00"
+    assert [c["Export Name"] for c in row["__children"]][:2] == ["Callback_ChangePostRequest",
+                                                                  "Callback_OnAfterLoadingPage"]
+    assert (tmp_path / row["File output"]).stat().st_size == 0x6000
+
+
+def test_unknown_pid_gives_one_line_error(win7_image):
+    image, _ = win7_image
+    out = _vol("-f", str(image), "spyeye.injected", "--pid", "99999")
+    assert "Traceback" not in out.stderr and "no process with PID 99999" in out.stderr
+
+
+def test_loader_list_comparison_exempts_the_exe_from_init_order_only():
+    lists = {"load": {0x400000, 0x77A50000}, "memory": {0x400000, 0x77A50000}, "init": {0x77A50000}}
+    assert unlisted(0x400000, lists, exe_base=0x400000) == []
+    assert unlisted(0x400000, lists, exe_base=None) == ["init"]
+    assert unlisted(0x0B000000, lists, exe_base=0x400000) == ["load", "memory", "init"]
+    assert unlisted(0x77A50000, {"load": {0x77A50000}}, exe_base=None) == []
+
+
+@pytest.mark.parametrize("vad,reason", [
+    (VadFacts(0x10000, 0x1FFFF, "PAGE_EXECUTE_WRITECOPY", False, "\\Windows\\x.dll", "Vad "), None),
+    (VadFacts(0x20000, 0x2FFFF, "PAGE_EXECUTE_WRITECOPY", False, "\\Temp\\y.dll", "Vad "),
+     "image VAD not in load/memory/init order lists"),
+    (VadFacts(0x30000, 0x3FFFF, "PAGE_READONLY", False, "\\Windows\\locale.nls", "Vad "), None),
+    (VadFacts(0x40000, 0x4FFFF, "PAGE_EXECUTE_READWRITE", True, None, "VadS"), "private executable memory"),
+    (VadFacts(0x50000, 0x5FFFF, "PAGE_EXECUTE_READ", False, None, "Vad "), "executable shared memory (no file)"),
+    (VadFacts(0x60000, 0x6FFFF, "PAGE_READWRITE", True, None, "VadS"), "private non-executable memory"),
+    (VadFacts(0x70000, 0x7FFFF, "PAGE_READWRITE", False, None, "Vad "), None),
+])
+def test_which_vads_get_a_look(vad, reason):
+    lists = {"load": {0x10000}, "memory": {0x10000}, "init": {0x10000}}
+    assert InjectedImages._vad_reason(vad, lists, exe_base=None) == reason
