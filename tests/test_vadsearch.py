@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.vol_runner import ROOT, run_plugin
+from tests.vol_runner import ROOT, plugin_module, run_plugin
 
 KEYWORDS = ["__CLEANSWEEP__", "cleansweep.exe", "hooked_func", "SPYNET_CHUNK_EDGE",
             "globpluginspipe", "__SPYNET__", "__CLEANSWEEP_UNINSTALL__", "PR_Write",
@@ -145,3 +145,30 @@ def test_bad_input_gives_one_line_error_not_traceback(win7_image, args, message)
     out = _vol("-f", str(image), "spyeye.vadsearch", *args)
     assert "Traceback" not in out.stderr
     assert message in out.stderr
+
+
+def test_keyword_in_vad_over_1gib_found_with_bounded_reads_where_vadyarascan_skips_it(
+        win7_image, monkeypatch, tmp_path):
+    image, truth = win7_image
+    (plant,) = _plants(truth, "bot-huge-vad")
+    assert plant["vad_end"] - plant["vad_start"] + 1 > 1 << 30
+    lengths = []
+    reader = plugin_module("spyeye.pageread").PageTableReader
+    original = reader.read
+
+    def recording_read(self, address, length):
+        lengths.append(length)
+        return original(self, address, length)
+    monkeypatch.setattr(reader, "read", recording_read)
+    rows = run_plugin(image, "spyeye.vadsearch.VadSearch",
+                      {"keyword": ["__HUGE_VAD_KEYWORD__"], "pid": [plant["pid"]], "encoding": "ascii"})
+    assert [(r["Address"], r["VAD Start"], r["Physical"]) for r in rows] == \
+        [(plant["va"], plant["vad_start"], plant["pa"])]
+    assert lengths and max(lengths) <= 0x100000 + len("__HUGE_VAD_KEYWORD__") - 1
+    (control,) = _plants(truth, "bot-ascii")
+    rules = tmp_path / "huge.yar"
+    rules.write_text('rule r { strings: $a = "__HUGE_VAD_KEYWORD__" $b = "cleansweep.exe" condition: any of them }')
+    stock = run_plugin(image, "windows.vadyarascan.VadYaraScan",
+                       {"yara_file": rules.as_uri(), "pid": [plant["pid"]]})
+    found = {r["Offset"] for r in stock}
+    assert control["va"] + 3 in found and plant["va"] not in found

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import importlib
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -25,6 +26,12 @@ def _load_plugins() -> Dict[str, Any]:
     framework.require_interface_version(2, 0, 0)
     framework.import_files(volatility3.plugins, True)
     return framework.list_plugins()
+
+
+def plugin_module(name: str) -> Any:
+    """The suite's module ``name`` (e.g. ``spyeye.pageread``) as Volatility loaded it."""
+    _load_plugins()
+    return importlib.import_module(f"volatility3.plugins.{name}")
 
 
 class FileCollector(interfaces.plugins.FileHandlerInterface):
