@@ -19,7 +19,7 @@ from volatility3.framework import exceptions, interfaces, objects, renderers
 from volatility3.framework.configuration import requirements
 from volatility3.framework.renderers import format_hints
 from volatility3.framework.symbols import intermed
-from volatility3.plugins.windows import pslist, vadinfo
+from volatility3.plugins.windows import vadinfo
 
 from . import vadsearch, vadwalk
 from .parsers import spyeye_artifacts as sa
@@ -30,14 +30,16 @@ vollog = logging.getLogger(__name__)
 PAGE = vadwalk.PAGE
 LAYOUT_SUBPATH = "spyeye"  # declared C1 layouts live in symbols/spyeye/<name>.json
 LAYOUT_TYPE = "c1_block"  # the struct a layout file declares, read at the marker + 4
-CHECKIN_REGEX = r"(?<![A-Za-z0-9_])guid=[\x21-\x25\x27-\x7e]{1,96}&ver=[0-9]"
+# YARA finds the prefix fast; the regex then confirms a check-in at that spot
+CHECKIN_PREFIX = b"guid="
+CHECKIN_REGEX = re.compile(rb"(?<![A-Za-z0-9_])guid=[\x21-\x25\x27-\x7e]{1,96}&ver=[0-9]")
 KNOWN_NAME_KINDS = ("mutex", "pipe")
 
 # kind -> (bytes read before the hit, bytes read after it)
 WINDOWS: Dict[str, Tuple[int, int]] = {
     "c1": (16, len(sa.MARKER) + sa.C1_WINDOW),
     "stolen_record": (sa.FRAME_SEARCH_BACK, 0x10000),
-    "checkin": (0, 0x800),
+    "checkin": (1, 0x800),
     "webinject": (sa.WEBINJECT_BACK, sa.WEBINJECT_WINDOW),
     "config_image": (0, 0x40000),
     "known_name": (0x200, 0x200),
@@ -79,11 +81,11 @@ def marker_patterns() -> Tuple[PatternSet, Dict[str, str]]:
     """The single-pass pattern set, and the artifact kind of each pattern text."""
     hexes = {" ".join(f"{b:02X}" for b in text): kind for text, kind in (
         (sa.MARKER, "c1"), (b"hooked_func", "stolen_record"), (b"data_before", "webinject"),
-        (sa.CONFIG_ZIP_MAGIC, "config_image"))}
+        (sa.CONFIG_ZIP_MAGIC, "config_image"), (CHECKIN_PREFIX, "checkin"))}
     names = [name for kind in KNOWN_NAME_KINDS for name in sa.KNOWN_STRINGS[kind]]
     keywords = sorted(set(names) | {name[::-1] for name in names})
-    kinds = {**hexes, **{word: "known_name" for word in keywords}, CHECKIN_REGEX: "checkin"}
-    return PatternSet(keywords=keywords, hex_patterns=list(hexes), regexes=[CHECKIN_REGEX]), kinds
+    kinds = {**hexes, **{word: "known_name" for word in keywords}}
+    return PatternSet(keywords=keywords, hex_patterns=list(hexes)), kinds
 
 
 # --- turning decoder results into (field, value) rows ---
@@ -260,10 +262,7 @@ class SpyEyeConfig(interfaces.plugins.PluginInterface):
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
         return vadwalk.kernel_requirements() + [
             requirements.VersionRequirement(name="vadsearch", component=vadsearch.VadSearch, version=(1, 0, 0)),
-            requirements.ListRequirement(name="pid", element_type=int, optional=True,
-                                         description="Only these process IDs"),
-            requirements.ListRequirement(name="name", element_type=str, optional=True,
-                                         description="Only processes with these names"),
+            *vadwalk.process_filter_requirements(),
             requirements.BooleanRequirement(name="dump", default=False, optional=True,
                                             description="Write each C1 block, record and config image to a file"),
             requirements.StringRequirement(name="c1_layout", optional=True,
@@ -285,6 +284,8 @@ class SpyEyeConfig(interfaces.plugins.PluginInterface):
                 continue
             kind = kinds[hit.pattern]
             window = read_window(layer, vad, address, *WINDOWS[kind])
+            if kind == "checkin" and not CHECKIN_REGEX.match(window.data, address - window.start):
+                continue
             if kind == "c1":
                 declared = cls._declared(context, layer.name, layout_table, address) if layout_table else None
                 artifact = c1_artifact(window.data, address - window.start, address, declared)
@@ -316,16 +317,6 @@ class SpyEyeConfig(interfaces.plugins.PluginInterface):
         vollog.info("C1 layout %r loaded (producer: %s)", name, producer)
         return table
 
-    def _processes(self) -> List[interfaces.objects.ObjectInterface]:
-        pids = self.config.get("pid") or []
-        procs = list(pslist.PsList.list_processes(
-            self.context, self.config["kernel"], filter_func=lambda p: (
-                (bool(pids) and p.UniqueProcessId not in pids)
-                or vadwalk.name_filter(self.config.get("name"))(p))))
-        for pid in sorted(set(pids) - {int(p.UniqueProcessId) for p in procs}):
-            vollog.error("no process with PID %d in the active process list", pid)
-        return procs
-
     def _dump(self, pid: int, artifact: Artifact) -> Any:
         if not self.config.get("dump") or artifact.dump is None:
             return renderers.NotApplicableValue()
@@ -356,7 +347,8 @@ class SpyEyeConfig(interfaces.plugins.PluginInterface):
         kernel = self.context.modules[self.config["kernel"]]
         protect = vadinfo.VadInfo.protect_values(self.context, kernel.layer_name, kernel.symbol_table_name)
         layout_table = self._layout_table()
-        procs = self._processes()
+        procs = vadwalk.selected_processes(self.context, self.config["kernel"], self.config.get("pid"),
+                                           self.config.get("name"))
         for index, proc in enumerate(procs):
             pid, name = int(proc.UniqueProcessId), vadwalk.process_name(proc)
             try:
