@@ -188,7 +188,7 @@ def test_checkin_decoded(win7_image, found):
     assert fields["version"] == ["1.2.99"]
     assert fields["plugins"] == expected["plugins"]
     assert "warning" not in fields
-    assert [r["Address"] for r in found.values() if r["Kind"] == "checkin"] == [plant["va"]]
+    assert [r["Address"] for r in found.values() if r["Kind"] == "checkin"] == [row["Address"]]
 
 
 def test_mutex_and_pipe_names_found_one_row_each(win7_image, found):
