@@ -5,10 +5,6 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Dict, List, Tuple
 
 import pefile
@@ -20,7 +16,7 @@ from spyeye_plugins.spyeye.injected import InjectedImages, unlisted
 from spyeye_plugins.spyeye.parsers.known_names import known_spyeye_exports
 from spyeye_plugins.spyeye.parsers.pe_image import inspect_header
 from spyeye_plugins.spyeye.vadwalk import VadFacts
-from tests.vol_runner import ROOT, FileCollector, construct, run_plugin
+from tests.vol_runner import FileCollector, construct, run_cli, run_plugin
 
 PLUGIN = "spyeye.injected.InjectedImages"
 MACHINES = {0x14C: "x86", 0x8664: "x64"}
@@ -238,16 +234,9 @@ def test_list_candidates_contract(win7_image):
     assert [c.pe is None for c in every if c.vad.start in (0x2A40000, 0x0B000000)] == [True, False]
 
 
-def _vol(*args) -> subprocess.CompletedProcess:
-    vol = Path(sys.executable).parent / "vol"
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    return subprocess.run([str(vol), "-q", "-p", str(ROOT / "spyeye_plugins"), *args],
-                          capture_output=True, text=True, env=env, timeout=300)
-
-
 def test_json_output_nests_exports_under_regions(win7_image, tmp_path):
     image, _ = win7_image
-    out = _vol("-r", "json", "-o", str(tmp_path), "-f", str(image), "spyeye.injected",
+    out = run_cli("-r", "json", "-o", str(tmp_path), "-f", str(image), "spyeye.injected",
                "--pid", "2356", "--dump")
     assert "Traceback" not in out.stderr
     (row,) = json.loads(out.stdout)
@@ -261,7 +250,7 @@ def test_json_output_nests_exports_under_regions(win7_image, tmp_path):
 
 def test_unknown_pid_gives_one_line_error(win7_image):
     image, _ = win7_image
-    out = _vol("-f", str(image), "spyeye.injected", "--pid", "99999")
+    out = run_cli("-f", str(image), "spyeye.injected", "--pid", "99999")
     assert "Traceback" not in out.stderr and "no process with PID 99999" in out.stderr
 
 

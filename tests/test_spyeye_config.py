@@ -3,17 +3,13 @@ the values its blob generator declares, at the address the ground truth gives.""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections import defaultdict
-from pathlib import Path
 from typing import Dict, List, Tuple
 
 import pytest
 
 from fixtures.artifacts import spyeye_blobs as blobs
-from tests.vol_runner import ROOT, FileCollector, run_plugin
+from tests.vol_runner import FileCollector, run_cli, run_plugin
 
 PLUGIN = "spyeye.config.SpyEyeConfig"
 
@@ -273,16 +269,9 @@ def test_name_filter(win7_image):
     assert [r["Kind"] for r in rows if r["__depth"] == 0] == ["stolen_record"]
 
 
-def _vol(*args) -> subprocess.CompletedProcess:
-    vol = Path(sys.executable).parent / "vol"
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    return subprocess.run([str(vol), "-q", "-p", str(ROOT / "spyeye_plugins"), *args],
-                          capture_output=True, text=True, env=env, timeout=300)
-
-
 def test_json_output_has_the_documented_schema(win7_image):
     image, truth = win7_image
-    out = _vol("-r", "json", "-f", str(image), "spyeye.config", "--pid", "2356", "2172")
+    out = run_cli("-r", "json", "-f", str(image), "spyeye.config", "--pid", "2356", "2172")
     assert "Traceback" not in out.stderr
     rows = json.loads(out.stdout)
     columns = {"PID", "Process", "Address", "VAD Start", "VAD End", "Protection", "Private", "File", "Kind",
@@ -304,6 +293,6 @@ def test_json_output_has_the_documented_schema(win7_image):
 ])
 def test_bad_input_gives_one_line_error(win7_image, args, message):
     image, _ = win7_image
-    out = _vol("-f", str(image), "spyeye.config", *args)
+    out = run_cli("-f", str(image), "spyeye.config", *args)
     assert "Traceback" not in out.stderr
     assert message in out.stderr

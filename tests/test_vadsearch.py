@@ -2,14 +2,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from tests.vol_runner import ROOT, plugin_module, run_plugin
+from tests.vol_runner import plugin_module, run_cli, run_plugin
 
 KEYWORDS = ["__CLEANSWEEP__", "cleansweep.exe", "hooked_func", "SPYNET_CHUNK_EDGE",
             "globpluginspipe", "__SPYNET__", "__CLEANSWEEP_UNINSTALL__", "PR_Write",
@@ -115,16 +111,9 @@ def test_private_and_executable_filters(win7_image):
     assert "globpluginspipe" not in {r["Pattern"] for r in rows}
 
 
-def _vol(*args) -> subprocess.CompletedProcess:
-    vol = Path(sys.executable).parent / "vol"
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    return subprocess.run([str(vol), "-q", "-p", str(ROOT / "spyeye_plugins"), *args],
-                          capture_output=True, text=True, env=env, timeout=300)
-
-
 def test_json_output_parses_and_carries_the_fields(win7_image):
     image, _ = win7_image
-    out = _vol("-r", "json", "-f", str(image), "spyeye.vadsearch", "--keyword", "PR_Write",
+    out = run_cli("-r", "json", "-f", str(image), "spyeye.vadsearch", "--keyword", "PR_Write",
                "--address-range", "0-9FFFFFF")
     rows = json.loads(out.stdout)
     assert len(rows) == 1
@@ -142,7 +131,7 @@ def test_json_output_parses_and_carries_the_fields(win7_image):
 ])
 def test_bad_input_gives_one_line_error_not_traceback(win7_image, args, message):
     image, _ = win7_image
-    out = _vol("-f", str(image), "spyeye.vadsearch", *args)
+    out = run_cli("-f", str(image), "spyeye.vadsearch", *args)
     assert "Traceback" not in out.stderr
     assert message in out.stderr
 

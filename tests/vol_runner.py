@@ -4,6 +4,9 @@ from __future__ import annotations
 import datetime
 import functools
 import importlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -107,3 +110,11 @@ def run_plugin(image: Path, plugin: str, config: Optional[Dict[str, Any]] = None
 
     grid.populate(visit, rows)
     return rows
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """``vol -q -p spyeye_plugins ARGS`` in a child process (the user's command line)."""
+    vol = Path(sys.executable).parent / "vol"
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    return subprocess.run([str(vol), "-q", "-p", str(ROOT / "spyeye_plugins"), *args],
+                          capture_output=True, text=True, env=env, timeout=300)
