@@ -6,6 +6,7 @@ import json
 import zlib
 from pathlib import Path
 
+import capstone
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -68,6 +69,17 @@ def test_plain_ror13_reproduces_classic_shellcode_constants(api: str, expected: 
     assert hash_name("ror13", api) == expected
 
 
+def test_carberp_packer_variant_masks_rol7_xor_to_31_bits() -> None:
+    assert hash_name("rol7_xor_31", "LoadLibraryA") == 0xC8AC8026 & 0x7FFFFFFF == 0x48AC8026
+    assert hash_name("rol7_xor_31", "VirtualQuery") == hash_name("rol7_xor", "VirtualQuery") == 0x6A582465
+
+
+def test_index_lists_a_name_once_when_two_algorithms_agree() -> None:
+    index = HashIndex.default()
+    assert index.lookup(0x6A582465) == [HashHit("rol7_xor", "kernel32.dll", "VirtualQuery")]
+    assert index.lookup(0x48AC8026) == [HashHit("rol7_xor_31", "kernel32.dll", "LoadLibraryA")]
+
+
 def test_rol7_xor_sign_extends_high_bytes_like_movsx() -> None:
     assert ALGORITHMS["rol7_xor"].function(b"\xe9") == 0xFFFFFFE9
 
@@ -126,7 +138,7 @@ def test_index_built_from_custom_names_covers_every_algorithm() -> None:
     index = HashIndex.from_names({"evil.dll": ["DoBadThings"]}, ["victim.exe"])
     for algorithm in ALGORITHMS:
         value = hash_name(algorithm, "DoBadThings", "evil.dll")
-        assert HashHit(algorithm, "evil.dll", "DoBadThings") in index.lookup(value)
+        assert [hit.label for hit in index.lookup(value)] == ["evil.dll!DoBadThings"], algorithm
     assert HashHit("rol7_xor", "victim.exe", "") in index.lookup(hash_name("rol7_xor", "victim.exe"))
 
 
@@ -453,3 +465,123 @@ def test_analysis_to_dict_is_json_and_explains_the_score() -> None:
     assert data["score"] == 100 and data["breakdown"]["no_import_table"] == 10
     assert data["traits"]["peb_access"][0]["instruction"] == "mov eax, dword ptr fs:[ecx]"
     assert "kernel32.dll!LoadLibraryA" in data["resolved_apis"]
+
+
+# --- operand text parsing and bounded work ------------------------------------------
+
+
+def _detail_operands(insn, bits: int) -> list:
+    """Operands as capstone's detail mode reports them, in this module's terms."""
+    from capstone import x86 as cs_x86
+
+    mask = (1 << bits) - 1
+
+    def family(reg: int) -> str:
+        name = insn.reg_name(reg) if reg else ""
+        return traits.FAMILIES.get(name, name or "")
+
+    out = []
+    for op in insn.operands:
+        if op.type == cs_x86.X86_OP_REG:
+            out.append(family(op.reg))
+        elif op.type == cs_x86.X86_OP_IMM:
+            out.append(op.imm & 0xFFFFFFFFFFFFFFFF)
+        else:
+            m = op.mem
+            out.append(_memory_key(family(m.segment), family(m.base), family(m.index), m.scale, m.disp & mask))
+    return out
+
+
+def _memory_key(segment: str, base: str, index: str, scale: int, disp: int) -> tuple:
+    """`[ecx]` may be encoded with ecx as base or as unscaled SIB index; the text cannot tell."""
+    if not base and index and scale == 1:
+        base, index = index, ""
+    return segment, base, index, scale if index else 1, disp
+
+
+def _text_operands(insn: traits.Instruction, bits: int) -> list:
+    out = []
+    for op in insn.operands:
+        if isinstance(op, traits.Mem):
+            out.append(_memory_key(op.segment, op.base, op.index, op.scale, op.disp & ((1 << bits) - 1)))
+        else:
+            out.append(op & 0xFFFFFFFFFFFFFFFF if isinstance(op, int) else op)
+    return out
+
+
+IMPLICIT_OPERAND = {"rcl", "rcr", "rol", "ror", "sal", "sar", "shl", "shr", "fxch", "fcom", "fcomp", "fucom", "fucomp"}
+
+
+@pytest.mark.parametrize("bits", [32, 64])
+def test_operands_parsed_from_text_agree_with_capstone_detail(bits: int) -> None:
+    import random
+
+    decoder = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32 if bits == 32 else capstone.CS_MODE_64)
+    decoder.detail = True
+    code = random.Random(bits).randbytes(0x4000) + (FIXTURES / f"compiled_x{86 if bits == 32 else 64}.bin").read_bytes()
+    compared, offset = 0, 0
+    while offset < len(code):
+        insn = next(decoder.disasm(code[offset:offset + 15], BASE + offset, 1), None)
+        offset += insn.size if insn else 1
+        if insn is None or insn.mnemonic in IMPLICIT_OPERAND:
+            continue  # capstone adds an implicit `1` / st(0) operand the text omits
+        mine = traits._instruction(insn.address, insn.size, insn.mnemonic, insn.op_str)
+        assert _text_operands(mine, bits) == _detail_operands(insn, bits), insn.mnemonic + " " + insn.op_str
+        compared += 1
+    assert compared > 5000
+
+
+@pytest.mark.parametrize(
+    ("code", "bits", "writes"),
+    [
+        ("ac", 32, {"rax", "rsi"}),  # lodsb
+        ("f7e3", 32, {"rax", "rdx"}),  # mul ebx: ebx is only read
+        ("83f801", 32, set()),  # cmp eax, 1
+        ("93", 32, {"rax", "rbx"}),  # xchg eax, ebx
+        ("59", 32, {"rcx"}),  # pop ecx (rsp is not tracked)
+        ("f3ab", 32, {"rcx", "rdi"}),  # rep stosd
+        ("ae", 32, {"rdi"}),  # scasb: al is compared, not written
+        ("480fafc3", 64, {"rax"}),  # imul rax, rbx
+        ("4c8b4008", 64, {"r8"}),  # mov r8, [rax+8]
+    ],
+)
+def test_written_registers_from_text(code: str, bits: int, writes: set) -> None:
+    (insn,) = disassemble(bytes.fromhex(code), BASE, bits)
+    assert set(insn.writes) - {"rsp"} == writes
+
+
+def test_linear_sweep_skips_zero_runs_but_keeps_instructions_ending_in_zeros() -> None:
+    # mov eax, 0 (b8 00000000) right before 64 zero bytes, then ret
+    code = bytes.fromhex("90b800000000") + bytes(64) + b"\xc3"
+    insns = disassemble(code, BASE, 32)
+    assert [(i.address - BASE, i.text) for i in insns] == [(0, "nop"), (1, "mov eax, 0"), (70, "ret")]
+
+
+def test_recursive_descent_stops_at_zero_padding() -> None:
+    code = bytes.fromhex("eb10") + b"\x90" * 16 + bytes(64)  # jmp +0x10 lands in the zero padding
+    insns = disassemble(code, BASE, 32, entry_points=[BASE])
+    assert [i.mnemonic for i in insns] == ["jmp"]
+
+
+def test_structure_chain_far_from_the_start_is_tracked() -> None:
+    # 20000 nops, then: mov eax, fs:[0x30]; mov eax, [eax+0xc]; mov eax, [eax+0x14]
+    code = b"\x90" * 20000 + bytes.fromhex("64a130000000" "8b400c" "8b4014")
+    evidence = detect("ldr_walk", code)
+    assert [ev.address - BASE for ev in evidence] == [20006, 20009]
+
+
+@pytest.mark.parametrize("name", sorted(RESOLVERS) + ["compiled_x64.bin", "compiled_x86.bin"])
+def test_windowed_tracking_equals_tracking_every_instruction(name: str) -> None:
+    bits = _bits(name)
+    insns = disassemble((FIXTURES / name).read_bytes(), 0x401000, bits)
+    ctx = traits.Context(insns, bits, HashIndex.default())
+    assert ctx.structure_reads == traits.StructureTracker(bits).run(insns)
+
+
+def test_compiled_code_is_analysed_in_work_bounded_by_max_bytes() -> None:
+    code = ((FIXTURES / "compiled_x64.bin").read_bytes() * 10)[:1 << 18]
+    result = analyse(code, 0x140001000, 64, max_bytes=len(code))
+    assert result.score <= 20 and 60_000 < result.instructions < 100_000
+    assert len(code) - 0x100 < result.decoded <= len(code)
+    half = analyse(code, 0x140001000, 64, max_bytes=len(code) // 2)
+    assert half.instructions < result.instructions * 0.55

@@ -57,6 +57,12 @@ def rotate_xor(rotate: Callable[[int, int], int], count: int) -> Callable[[bytes
 
 
 ror13 = rotate_add(_ror, 13)
+rol7_xor = rotate_xor(_rol, 7)
+
+
+def rol7_xor_31(name: bytes) -> int:
+    """Carberp's packer variant of ROL7-XOR: the result masked to 31 bits."""
+    return rol7_xor(name) & 0x7FFFFFFF
 
 
 def ror13_module(name: bytes, module: bytes) -> int:
@@ -105,7 +111,8 @@ class Algorithm:
 ALGORITHMS: dict[str, Algorithm] = {
     "ror13": Algorithm(ror13),
     "ror13_module": Algorithm(ror13_module, keyed=True),
-    "rol7_xor": Algorithm(rotate_xor(_rol, 7)),
+    "rol7_xor": Algorithm(rol7_xor),
+    "rol7_xor_31": Algorithm(rol7_xor_31),
     "ror7_add": Algorithm(rotate_add(_ror, 7)),
     "rol5_add": Algorithm(rotate_add(_rol, 5)),
     "rol7_add": Algorithm(rotate_add(_rol, 7)),
@@ -149,10 +156,15 @@ class HashIndex:
     """Reverse map from 32-bit constant to the names that hash to it."""
 
     def __init__(self, hits: Iterable[tuple[int, HashHit]]) -> None:
+        """A name is listed once per value, under the first algorithm (in `ALGORITHMS`
+        order) that produces it: rol7_xor_31 equals rol7_xor whenever bit 31 is clear."""
         self._table: dict[int, list[HashHit]] = {}
         for value, hit in hits:
-            if not is_trivial(value):
-                self._table.setdefault(value, []).append(hit)
+            if is_trivial(value):
+                continue
+            known = self._table.setdefault(value, [])
+            if all((other.dll, other.api) != (hit.dll, hit.api) for other in known):
+                known.append(hit)
 
     def lookup(self, value: int) -> list[HashHit]:
         """All names whose hash equals `value` (empty for trivial constants)."""

@@ -10,22 +10,38 @@ from __future__ import annotations
 
 import bisect
 import functools
+import re
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import capstone
-from capstone import x86 as cs_x86
 
 from .api_hashes import MASK32, HashHit, HashIndex
 
-DEFAULT_MAX_BYTES = 0x10000
+DEFAULT_MAX_BYTES = 0x100000
+"""Bytes of a buffer decoded at most (about a second of work per MiB of code)."""
 MAX_INSN_BYTES = 15
 SWEEP_CHUNK = 0x1000
+ZERO_RUN = 16
+"""Longer than any instruction: a run of this many zero bytes is padding, not code."""
+ZERO_RUN_BYTES = bytes(ZERO_RUN)
+NON_ZERO = re.compile(rb"[^\x00]")
+RUN_BYTES = 0x100
+"""Bytes decoded at a time along one straight-line run (recursive descent)."""
 MAX_LOOP_BYTES = 0x80
 MAX_STACK_TAGS = 64
+TRACK_BEFORE = 16
+TRACK_AFTER = 512
+"""Instructions tracked before and after each structure root (TEB read or e_lfanew load)."""
+MAX_TEB_OFFSET = 0x60
+"""Largest fs:/gs: displacement that starts a tracked chain (the PEB pointer is at 0x30 / 0x60)."""
 
 
 # --- instructions ---------------------------------------------------------
+#
+# Capstone's detail mode costs several times more than decoding itself, so
+# instructions are decoded "lite" (mnemonic and operand text) and the operand
+# text is parsed here, once per distinct (mnemonic, operands) pair.
 
 
 def _register_families() -> dict[str, str]:
@@ -37,12 +53,51 @@ def _register_families() -> dict[str, str]:
         names.update({n: f"r{x}" for n in (f"r{x}", f"e{x}", x, f"{x}l")})
     for i in range(8, 16):
         names.update({f"r{i}{s}": f"r{i}" for s in ("", "d", "w", "b")})
+    names.update({"eip": "rip", "ip": "rip"})
     return names
 
 
+def _register_sizes() -> dict[str, int]:
+    """Width in bytes of every general register name."""
+    sizes: dict[str, int] = {}
+    for x in "abcd":
+        sizes.update({f"r{x}x": 8, f"e{x}x": 4, f"{x}x": 2, f"{x}l": 1, f"{x}h": 1})
+    for x in ("si", "di", "bp", "sp"):
+        sizes.update({f"r{x}": 8, f"e{x}": 4, x: 2, f"{x}l": 1})
+    for i in range(8, 16):
+        sizes.update({f"r{i}": 8, f"r{i}d": 4, f"r{i}w": 2, f"r{i}b": 1})
+    return sizes
+
+
 FAMILIES = _register_families()
+REGISTER_SIZES = _register_sizes()
+REGISTER_FAMILIES = frozenset(FAMILIES.values())
+VECTOR_SIZES = {"mm": 8, "xmm": 16, "ymm": 32, "zmm": 64}
+MEMORY_SIZES = {"byte": 1, "word": 2, "dword": 4, "fword": 6, "qword": 8, "xword": 10, "tbyte": 10,
+                "xmmword": 16, "ymmword": 32, "zmmword": 64}
 VOLATILE = {32: ("rax", "rcx", "rdx"), 64: ("rax", "rcx", "rdx", "r8", "r9", "r10", "r11")}
-TERMINATORS = {"ret", "retf", "iret", "iretd", "iretq", "int3", "hlt", "ud2"}
+BRANCHES = frozenset(("cond", "jump", "call"))
+HEX_LITERAL = re.compile(r"0x[0-9a-f]+").fullmatch
+INT_LITERAL = re.compile(r"-?(?:0x[0-9a-f]+|[0-9]+)").fullmatch
+TERMINATORS = {"ret", "retf", "retfq", "iret", "iretd", "iretq", "int3", "hlt", "ud2"}
+READ_ONLY_FIRST = {"cmp", "test", "push", "bt", "nop", "out", "comiss", "comisd", "ucomiss", "ucomisd",
+                   "ptest", "vptest", "verr", "verw", "prefetch", "prefetchw", "prefetchnta",
+                   "prefetcht0", "prefetcht1", "prefetcht2", "clflush", "invlpg"}
+IMPLICIT_WRITES = {
+    **dict.fromkeys(("mul", "div", "idiv", "cdq", "cqo", "cwd", "rdtsc", "rdpmc", "rdmsr"), ("rax", "rdx")),
+    **dict.fromkeys(("cbw", "cwde", "cdqe", "lahf", "salc", "xlatb", "in"), ("rax",)),
+    "rdtscp": ("rax", "rdx", "rcx"), "cpuid": ("rax", "rbx", "rcx", "rdx"),
+    "syscall": ("rax", "rcx", "r11"), "sysenter": ("rax", "rcx", "rdx"),
+    "cmpxchg": ("rax",), "cmpxchg8b": ("rax", "rdx"), "cmpxchg16b": ("rax", "rdx"),
+    **dict.fromkeys(("loop", "loope", "loopne"), ("rcx",)),
+    "leave": ("rbp",), "enter": ("rbp",),
+    **dict.fromkeys(("popal", "popaw", "popad"), ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp")),
+}
+SOURCE_ONLY = {"mul", "div", "idiv"}
+"""Their explicit operand is read; the result goes to rax/rdx."""
+STRING_WRITES = {"lods": ("rax", "rsi"), "stos": ("rdi",), "scas": ("rdi",), "movs": ("rsi", "rdi"),
+                 "cmps": ("rsi", "rdi"), "ins": ("rdi",), "outs": ("rsi",)}
+VECTOR_PREFIXES = ("mm", "xmm", "ymm", "zmm")
 
 
 @dataclass(frozen=True)
@@ -60,9 +115,11 @@ class Mem:
 Operand = Union[str, int, Mem]
 
 
-@dataclass(frozen=True)
-class Instruction:
-    """A decoded instruction reduced to what the detectors need."""
+class Instruction(NamedTuple):
+    """A decoded instruction reduced to what the detectors need.
+
+    `flow` is 'ret', 'jump', 'call', 'cond' or '' (falls through only).
+    """
 
     address: int
     size: int
@@ -71,51 +128,123 @@ class Instruction:
     operands: tuple[Operand, ...]
     sizes: tuple[int, ...]
     writes: frozenset[str]
+    flow: str
     target: Optional[int]
 
     @property
     def text(self) -> str:
         return f"{self.mnemonic} {self.op_str}".strip()
 
-    @property
-    def flow(self) -> str:
-        """'ret', 'jump', 'call', 'cond' or '' (falls through only)."""
-        m = self.mnemonic
-        if m in TERMINATORS:
-            return "ret"
-        if m in ("jmp", "ljmp"):
-            return "jump"
-        if m in ("call", "lcall"):
-            return "call"
-        if m.startswith(("j", "loop")):
-            return "cond"
-        return ""
+
+def _int(text: str) -> Optional[int]:
+    return int(text, 0) if INT_LITERAL(text) else None
 
 
-def _family(insn: capstone.CsInsn, reg: int) -> str:
-    name = insn.reg_name(reg) if reg else ""
-    return FAMILIES.get(name, name or "")
+def _memory(text: str) -> Mem:
+    """Parse `dword ptr fs:[eax + ecx*4 - 0x10]` (size, segment and terms all optional)."""
+    head, _, inner = text.partition("[")
+    head = head.rstrip(": ")
+    size_name, _, segment = head.rpartition(" ")
+    if segment in MEMORY_SIZES or segment == "ptr":
+        size_name, segment = head, ""
+    size = MEMORY_SIZES.get(size_name.split(" ")[0], 0)
+    base = index = ""
+    scale, disp = 1, 0
+    for term in inner.rstrip("]").replace(" - ", " + -").split(" + "):
+        if term in FAMILIES:
+            if base:
+                index = FAMILIES[term]
+            else:
+                base = FAMILIES[term]
+        elif "*" in term:
+            reg, _, factor = term.partition("*")
+            index, scale = FAMILIES.get(reg, reg), _int(factor) or 1
+        elif (value := _int(term)) is not None:
+            disp = value
+        elif not base:
+            base = FAMILIES.get(term, term)
+        else:
+            index = FAMILIES.get(term, term)
+    return Mem(FAMILIES.get(segment, segment), base, index, scale, disp, size)
 
 
-def _operand(insn: capstone.CsInsn, op: capstone.x86.X86Op) -> Operand:
-    if op.type == cs_x86.X86_OP_REG:
-        return _family(insn, op.reg)
-    if op.type == cs_x86.X86_OP_IMM:
-        return op.imm
-    mem = op.mem
-    return Mem(
-        _family(insn, mem.segment), _family(insn, mem.base), _family(insn, mem.index),
-        mem.scale, mem.disp, op.size,
-    )
+def _operand(text: str) -> tuple[Operand, int]:
+    """(operand, width in bytes; 0 when not known) from capstone's Intel-syntax text."""
+    if text in REGISTER_SIZES:
+        return FAMILIES[text], REGISTER_SIZES[text]
+    text = text.split(" {", 1)[0]
+    if "[" in text:
+        mem = _memory(text)
+        return mem, mem.size
+    value = _int(text)
+    if value is not None:
+        return value, 0
+    vector = text.rstrip("0123456789")
+    return FAMILIES.get(text, text), REGISTER_SIZES.get(text, VECTOR_SIZES.get(vector, 0))
 
 
-def _convert(insn: capstone.CsInsn) -> Instruction:
-    operands = tuple(_operand(insn, op) for op in insn.operands)
-    writes = frozenset(_family(insn, r) for r in insn.regs_access()[1])
-    branch = insn.mnemonic.startswith(("j", "loop", "call"))
-    target = operands[0] if branch and len(operands) == 1 and isinstance(operands[0], int) else None
-    sizes = tuple(op.size for op in insn.operands)
-    return Instruction(insn.address, insn.size, insn.mnemonic, insn.op_str, operands, sizes, writes, target)
+def _flow(mnemonic: str) -> str:
+    mnemonic = mnemonic.rpartition(" ")[2]  # drop bnd/notrack/rep prefixes
+    if mnemonic in TERMINATORS:
+        return "ret"
+    if mnemonic in ("jmp", "ljmp"):
+        return "jump"
+    if mnemonic in ("call", "lcall"):
+        return "call"
+    if mnemonic.startswith(("j", "loop")):
+        return "cond"
+    return ""
+
+
+def _writes(mnemonic: str, operands: tuple[Operand, ...]) -> frozenset[str]:
+    """General-register families the instruction writes, explicitly or implicitly."""
+    prefix, _, base = mnemonic.rpartition(" ")
+    written = set(IMPLICIT_WRITES.get(base, ()))
+    if prefix.startswith("rep"):
+        written.add("rcx")
+    string_op = base[:-1] if base[-1:] in "bwdq" else base
+    vector = any(isinstance(op, str) and op.startswith(VECTOR_PREFIXES) for op in operands)
+    if string_op in STRING_WRITES and not vector:
+        return frozenset(written | set(STRING_WRITES[string_op]))
+    explicit = [op for op in operands[:1] if isinstance(op, str)]
+    if base in ("xchg", "xadd"):
+        explicit = [op for op in operands if isinstance(op, str)]
+    if base == "imul" and len(operands) == 1:
+        written.update(("rax", "rdx"))
+        explicit = []
+    if _flow(base) or base in READ_ONLY_FIRST or base in SOURCE_ONLY:
+        explicit = []
+    written.update(op for op in explicit if op in REGISTER_FAMILIES)
+    return frozenset(written)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _shape(mnemonic: str, op_str: str) -> tuple[tuple[Operand, ...], tuple[int, ...], frozenset[str], str]:
+    """Operands, widths, written registers and flow of one instruction text."""
+    parsed = [_operand(part) for part in _split_operands(op_str)]
+    operands = tuple(op for op, _ in parsed)
+    return operands, tuple(size for _, size in parsed), _writes(mnemonic, operands), _flow(mnemonic)
+
+
+def _split_operands(op_str: str) -> list[str]:
+    """Operand texts; a far pointer `0x33:0x401000` is two immediates."""
+    if not op_str:
+        return []
+    parts = op_str.split(", ")
+    if len(parts) == 1 and ":" in op_str and "[" not in op_str:
+        return op_str.split(":")
+    return parts
+
+
+def _instruction(address: int, size: int, mnemonic: str, op_str: str) -> Instruction:
+    if HEX_LITERAL(op_str):  # `call 0x401000`, `push 0x30`: one shape per mnemonic, not per value
+        value = int(op_str, 16)
+        _, sizes, writes, flow = _shape(mnemonic, "0")
+        target = value if flow in BRANCHES else None
+        return Instruction(address, size, mnemonic, op_str, (value,), sizes, writes, flow, target)
+    operands, sizes, writes, flow = _shape(mnemonic, op_str)
+    target = operands[0] if flow in BRANCHES and len(operands) == 1 and isinstance(operands[0], int) else None
+    return Instruction(address, size, mnemonic, op_str, operands, sizes, writes, flow, target)
 
 
 @functools.lru_cache(maxsize=2)
@@ -123,9 +252,7 @@ def _decoder(bits: int) -> capstone.Cs:
     modes = {32: capstone.CS_MODE_32, 64: capstone.CS_MODE_64}
     if bits not in modes:
         raise ValueError(f"bits must be 32 or 64, not {bits}")
-    decoder = capstone.Cs(capstone.CS_ARCH_X86, modes[bits])
-    decoder.detail = True
-    return decoder
+    return capstone.Cs(capstone.CS_ARCH_X86, modes[bits])
 
 
 def disassemble(
@@ -147,45 +274,66 @@ def disassemble(
 
 
 def _linear_sweep(decoder: capstone.Cs, code: bytes, address: int, max_bytes: int) -> list[Instruction]:
+    """Decode front to back, skipping an undecodable byte. Runs of ZERO_RUN zero bytes
+    (padding, unused or unreadable pages) are skipped: no instruction is that long."""
     limit = min(len(code), max(max_bytes, 0))
     out: list[Instruction] = []
+    append, make = out.append, _instruction
     offset = 0
     while offset < limit:
-        end = min(limit, offset + SWEEP_CHUNK)
-        for insn in decoder.disasm(code[offset:end], address + offset):
-            out.append(_convert(insn))
-            offset += insn.size
-        if end < limit and end - offset < MAX_INSN_BYTES:
-            continue  # an instruction straddles the chunk end: decode it in the next chunk
-        if offset < end:
-            offset += 1  # undecodable byte: resynchronise
+        if code.startswith(ZERO_RUN_BYTES, offset):
+            found = NON_ZERO.search(code, offset, limit)
+            offset = found.start() if found else limit
+            continue
+        zeros = code.find(ZERO_RUN_BYTES, offset, min(limit, offset + SWEEP_CHUNK + ZERO_RUN))
+        stop = limit if zeros < 0 else zeros  # no instruction starts at or past here
+        end = min(limit, offset + SWEEP_CHUNK, stop + MAX_INSN_BYTES)
+        for insn in decoder.disasm_lite(code[offset:end], address + offset):
+            if offset >= stop:
+                break
+            append(make(*insn))
+            offset += insn[1]
+        if offset >= stop or end < limit and end - offset < MAX_INSN_BYTES:
+            continue  # at a zero run, or an instruction straddles the chunk end
+        offset += 1  # undecodable byte: resynchronise
     return out
 
 
 def _recursive_descent(
     decoder: capstone.Cs, code: bytes, address: int, entries: Sequence[int], max_bytes: int
 ) -> list[Instruction]:
+    """Straight-line runs from each entry and branch target; a run ends at a return, an
+    unconditional jump, code already seen, an undecodable byte or zero padding."""
     seen: dict[int, Instruction] = {}
     work = list(reversed(entries))
     budget = max_bytes
     while work:
-        pc = work.pop()
-        if pc in seen or not address <= pc < address + len(code):
-            continue
-        offset = pc - address
-        raw = next(decoder.disasm(code[offset:offset + MAX_INSN_BYTES], pc, 1), None)
-        if raw is None or raw.size > budget:
-            continue
-        budget -= raw.size
-        insn = seen[pc] = _convert(raw)
-        work.extend(_successors(insn))
+        pc: Optional[int] = work.pop()
+        while pc is not None and pc not in seen and address <= pc < address + len(code):
+            offset = pc - address
+            if code.startswith(ZERO_RUN_BYTES, offset):
+                break
+            pc, budget = _run(decoder, code[offset:offset + RUN_BYTES], pc, seen, work, budget)
     return sorted(seen.values(), key=lambda i: i.address)
 
 
-def _successors(insn: Instruction) -> list[int]:
-    """Addresses reachable from `insn`, fall-through last so it is explored first."""
-    following = [] if insn.flow in ("ret", "jump") else [insn.address + insn.size]
-    return ([insn.target] if insn.target is not None else []) + following
+def _run(
+    decoder: capstone.Cs, chunk: bytes, pc: int, seen: dict[int, Instruction], work: list[int], budget: int
+) -> tuple[Optional[int], int]:
+    """Decode from `pc` into `seen`, queueing branch targets; (where to go on or None, budget)."""
+    start = pc
+    for raw in decoder.disasm_lite(chunk, pc):
+        if raw[0] in seen or raw[1] > budget:
+            return None, budget
+        budget -= raw[1]
+        insn = seen[raw[0]] = _instruction(*raw)
+        if insn.target is not None:
+            work.append(insn.target)
+        if insn.flow in ("ret", "jump"):
+            return None, budget
+        pc = insn.address + insn.size
+    cut_short = len(chunk) == RUN_BYTES and pc - start > RUN_BYTES - MAX_INSN_BYTES
+    return (pc if cut_short else None), budget
 
 
 # --- evidence and symbolic tracking -----------------------------------------
@@ -414,12 +562,45 @@ class Context:
 
     @functools.cached_property
     def structure_reads(self) -> list[tuple[Step, Evidence]]:
-        """Every structure-field read (the tracker runs once per context)."""
-        return StructureTracker(self.bits).run(self.instructions)
+        """Every structure-field read (the tracker runs once per context).
+
+        Every chain starts at a root, so only windows around roots are tracked.
+        """
+        found: list[tuple[Step, Evidence]] = []
+        for lo, hi in _windows(self.instructions, self.bits):
+            found += StructureTracker(self.bits).run(self.instructions[lo:hi])
+        return found
 
     def structure(self, trait: str) -> list[tuple[Step, Evidence]]:
         """Structure-field reads evidencing `trait`."""
         return [(step, ev) for step, ev in self.structure_reads if step.trait == trait]
+
+
+def _is_root(insn: Instruction, segment: str) -> bool:
+    """Where structure chains start: a TEB read (fs/gs segment, small offset) or an
+    e_lfanew-like load `mov reg, [reg+0x3c]`."""
+    for op in insn.operands:
+        if not isinstance(op, Mem):
+            continue
+        if op.segment == segment and 0 <= op.disp <= MAX_TEB_OFFSET:
+            return True
+        if op.disp == 0x3C and op.base not in ("", "rip", "rsp") and insn.mnemonic in LOADS:
+            return True
+    return False
+
+
+def _windows(insns: Sequence[Instruction], bits: int) -> list[tuple[int, int]]:
+    """Merged [lo, hi) index windows from TRACK_BEFORE before to TRACK_AFTER after each root."""
+    segment = TEB_SEGMENT[bits]
+    windows: list[tuple[int, int]] = []
+    for index, insn in enumerate(insns):
+        if insn.operands and "[" in insn.op_str and _is_root(insn, segment):
+            lo, hi = max(0, index - TRACK_BEFORE), index + TRACK_AFTER
+            if windows and lo <= windows[-1][1]:
+                windows[-1] = (windows[-1][0], hi)
+            else:
+                windows.append((lo, hi))
+    return windows
 
 
 def peb_access(ctx: Context) -> list[Evidence]:
@@ -588,7 +769,7 @@ def score(traits: dict[str, Sequence[Evidence]]) -> tuple[int, dict[str, int]]:
     vtables and switch tables; no_import_table: packed PEs) stay at 30, which is
     what compiled code can reach. The structural chain PEB -> Ldr -> exports
     (65) plus a hash loop or a resolved constant reaches 80 or more. A resolved
-    constant weighs as much as the PEB read: ~27k indexed values out of 2^32
+    constant weighs as much as the PEB read: ~28k indexed values out of 2^32
     (trivial ones excluded) make a chance match unlikely.
     """
     breakdown = {name: TRAITS[name].weight for name, evidence in traits.items() if evidence}
@@ -602,6 +783,8 @@ class Analysis:
     address: int
     bits: int
     instructions: int
+    decoded: int
+    """Bytes covered by the decoded instructions."""
     score: int
     breakdown: dict[str, int]
     traits: dict[str, tuple[Evidence, ...]]
@@ -612,6 +795,7 @@ class Analysis:
             "address": self.address,
             "bits": self.bits,
             "instructions": self.instructions,
+            "decoded": self.decoded,
             "score": self.score,
             "breakdown": dict(self.breakdown),
             "traits": {name: [ev.to_dict() for ev in evs] for name, evs in self.traits.items()},
@@ -634,4 +818,5 @@ def analyse(
     matched = {name: evidence for name, evidence in matched.items() if evidence}
     total, breakdown = score(matched)
     apis = sorted({hit.label for ev in matched.get("hash_compare", ()) for hit in ev.hits})
-    return Analysis(address, bits, len(insns), total, breakdown, matched, tuple(apis))
+    decoded = sum(insn.size for insn in insns)
+    return Analysis(address, bits, len(insns), decoded, total, breakdown, matched, tuple(apis))
