@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Dict, Tuple
 
@@ -12,8 +13,9 @@ from fixtures.scenarios import SCENARIOS
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
-REAL_WIN7_ISF = SHARED / "reference" / "symbols" / "windows" / "ntkrnlmp.pdb" / \
-    "3844DBB920174967BE7AA4A2C20430FA-2.json.xz"
+# a real Windows 7 SP1 x64 kernel ISF: $SPYEYE_WIN7_ISF, else the one ../shared held
+REAL_WIN7_ISF = Path(os.environ.get("SPYEYE_WIN7_ISF") or SHARED / "reference" / "symbols" / "windows" /
+                     "ntkrnlmp.pdb" / "3844DBB920174967BE7AA4A2C20430FA-2.json.xz")  # in a <dir>/windows/ntkrnlmp.pdb/ tree
 
 
 def _build(tmp_path_factory, name: str, isf=None) -> Tuple[Path, Dict]:
@@ -32,5 +34,5 @@ def win7_image(tmp_path_factory) -> Tuple[Path, Dict]:
 def win7_real_isf_image(tmp_path_factory) -> Tuple[Path, Dict]:
     """The same scenario built against the real Windows 7 SP1 x64 ISF."""
     if not REAL_WIN7_ISF.exists():
-        pytest.skip("../shared/reference is not present")
+        pytest.skip(f"no real Windows 7 SP1 x64 ISF at {REAL_WIN7_ISF} (set SPYEYE_WIN7_ISF)")
     return _build(tmp_path_factory, "win7real", REAL_WIN7_ISF)
