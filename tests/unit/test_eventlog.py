@@ -8,7 +8,6 @@ import xml.etree.ElementTree as ET
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Optional
 
 import pytest
 from Evtx.Evtx import Evtx as PyEvtx
@@ -17,7 +16,7 @@ from hypothesis import strategies as st
 
 from fixtures.evtx_writer import (
     CHUNK_HEADER_SIZE, CHUNK_SIZE, EVENT_XMLNS, FILE_HEADER_SIZE, EvtxRecordSpec, build_chunk,
-    build_file, build_lone_record,
+    build_evt_record, build_file, build_lone_record,
 )
 from spyeye_plugins.spyeye.parsers.eventlog import (
     EventRecord, carve_evt, carve_evtx, filetime_to_datetime,
@@ -144,7 +143,7 @@ def test_to_dict_is_plain() -> None:
         "level": 0, "provider": "Microsoft-Windows-Security-Auditing", "channel": "Security",
         "computer": "WS-SPYEYE01", "data": ["value-0-0", "value-0-1value-0-1",
                                              "value-0-2value-0-2value-0-2", "value-0-3" * 4],
-        "warnings": []}
+        "warnings": [], "chunk": None}
 
 
 # --------------------------------------------------------------------------- (b) lone records
@@ -179,6 +178,7 @@ def test_chunk_in_memory_is_not_double_counted() -> None:
     carved = list(carve_evtx(data, base=BASE))
     assert [r.record_id for r in carved] == [s.record_id for s in specs] + [9]
     assert [r.source for r in carved] == ["evtx-chunk"] * 40 + ["evtx-record"]
+    assert [r.chunk for r in carved] == [BASE + 4096] * 40 + [None]
     assert carved[0].offset == BASE + 4096 + CHUNK_HEADER_SIZE
     assert carved[-1].offset == BASE + 4096 + CHUNK_SIZE
 
@@ -250,30 +250,11 @@ def test_corrupt_chunk_header_still_yields_records(chunk_and_specs: ChunkAndSpec
 # --------------------------------------------------------------------------- (d) legacy EVT
 
 
-def _evt_record(number: int, generated: int, event_id: int, source: str, computer: str,
-                strings: list[str], sid: Optional[bytes], data: bytes) -> bytes:
-    """An EVENTLOGRECORD as written by XP/2003."""
-    names = (source + "\0" + computer + "\0").encode("utf-16-le")
-    body = names + b"\0" * (-(0x38 + len(names)) % 4)
-    sid_offset = 0x38 + len(body)
-    body += sid or b""
-    string_offset = 0x38 + len(body)
-    body += "".join(s + "\0" for s in strings).encode("utf-16-le")
-    data_offset = 0x38 + len(body)
-    body += data
-    body += b"\0" * (-(len(body) + 4) % 4)
-    length = 0x38 + len(body) + 4
-    fixed = struct.pack("<I4sIIIIHHHHIIIIII", length, b"LfLe", number, generated, generated + 1,
-                        event_id, 2, len(strings), 7, 0, 0, string_offset, len(sid or b""),
-                        sid_offset if sid else 0, len(data), data_offset)
-    return fixed + body + struct.pack("<I", length)
-
-
 def test_evt_records_carved_with_exact_fields() -> None:
     sid = struct.pack("<BB6sIIIII", 1, 5, (5).to_bytes(6, "big"), 21, 1111, 2222, 3333, 1001)
-    first = _evt_record(41, 1_300_000_000, 0xC0000000 | 7036, "Service Control Manager", "XPBOX",
+    first = build_evt_record(41, 1_300_000_000, 0xC0000000 | 7036, "Service Control Manager", "XPBOX",
                         ["SpyEye Loader", "running"], sid, b"\x01\x02\x03")
-    second = _evt_record(42, 1_300_000_100, 4624, "Security", "XPBOX", [], None, b"")
+    second = build_evt_record(42, 1_300_000_100, 4624, "Security", "XPBOX", [], None, b"")
     header = struct.pack("<I4s10I", 0x30, b"LfLe", 1, 1, 0x30, 0x30, 43, 41, 0x80000, 1, 0, 0x30)
     eof = struct.pack("<I4I5I", 0x28, 0x11111111, 0x22222222, 0x33333333, 0x44444444, 0x30, 0x30,
                       43, 41, 0x28)
@@ -294,7 +275,7 @@ def test_evt_records_carved_with_exact_fields() -> None:
 
 
 def test_evt_torn_record_is_rejected_and_bad_offsets_warn() -> None:
-    good = _evt_record(7, 1_200_000_000, 10, "Src", "PC", ["a", "b"], None, b"")
+    good = build_evt_record(7, 1_200_000_000, 10, "Src", "PC", ["a", "b"], None, b"")
     torn = good[:-4] + b"\0\0\0\0"
     bad_offset = bytearray(good)
     struct.pack_into("<I", bad_offset, 36, len(good) + 100)
@@ -393,7 +374,7 @@ def test_fuzz_mutated_chunk(mutations: list[tuple[int, int]], cut: int) -> None:
 @given(st.lists(st.tuples(st.integers(0, len(_FUZZ_LONE) - 1), st.integers(0, 255)), max_size=12))
 def test_fuzz_mutated_lone_record_and_evt(mutations: list[tuple[int, int]]) -> None:
     lone = bytearray(_FUZZ_LONE)
-    evt = bytearray(_evt_record(1, 0, 1, "S", "C", ["x"] * 3, None, b"dd"))
+    evt = bytearray(build_evt_record(1, 0, 1, "S", "C", ["x"] * 3, None, b"dd"))
     for index, value in mutations:
         lone[index] = value
         evt[index % len(evt)] = value

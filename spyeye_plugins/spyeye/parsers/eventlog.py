@@ -44,6 +44,7 @@ class EventRecord:
     computer: Optional[str] = None
     data: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    chunk: Optional[int] = None  # absolute start of the enclosing chunk, if carved from one
 
     def to_dict(self) -> dict[str, object]:
         out = asdict(self)
@@ -524,11 +525,13 @@ def _carve_chunk(view: bytes, offset: int) -> Optional[list[EventRecord]]:
     for pos, size, gaps in _walk_chunk(view, live_end):
         record = _decode_record(ctx, pos, size, offset + pos, "evtx-chunk")
         record.warnings[:0] = notes + gaps
+        record.chunk = offset
         records.append(record)
         walked_to = max(live_end, pos + size)
     for pos, size in _slack_records(view, walked_to):
         record = _decode_record(ctx, pos, size, offset + pos, "evtx-record")
         record.warnings.insert(0, f"in chunk slack at {pos:#x} (beyond free-space offset)")
+        record.chunk = offset
         records.append(record)
     return records
 

@@ -1,0 +1,379 @@
+"""``spyeye.timeline`` on the default image, checked row for row against the ground truth."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import pytest
+from Evtx.Evtx import Evtx as PyEvtx
+
+from fixtures.build import write_image
+from fixtures.evtx_writer import CHUNK_SIZE, EvtxRecordSpec, build_chunk, build_file, build_lone_record
+from fixtures.kernel import filetime
+from fixtures.plants.timeline import AFTER_EXIT_CONNECTION, CORRUPT_RECORD_ID, clean_win7
+from tests.vol_runner import FileCollector, plugin_module, run_cli, run_plugin
+
+PLUGIN = "spyeye.timeline.Timeline"
+timeline = plugin_module("spyeye.timeline")  # the module as Volatility loaded it (one plugin class)
+vadwalk = plugin_module("spyeye.vadwalk")
+SOURCES = timeline.SOURCES
+MASK48 = (1 << 48) - 1  # Volatility reads pointers masked to the 48-bit address space
+Key = Tuple[datetime, str, str, Optional[int]]
+
+
+def exact(unix: float) -> datetime:
+    """The builder's FILETIME for ``unix``, read back to the microsecond."""
+    return datetime(1601, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=filetime(unix) // 10)
+
+
+def iso(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+@pytest.fixture(scope="module")
+def rows(win7_image) -> List[Dict]:
+    image, _ = win7_image
+    return run_plugin(image, PLUGIN)
+
+
+def key(row: Dict) -> Key:
+    return (row["Time"], row["Source"], row["Action"], row["PID"])
+
+
+def _sort(keys: List[Key]) -> List[Key]:
+    return sorted(keys, key=lambda k: (k[0], SOURCES.index(k[1]), -1 if k[3] is None else k[3], k[2]))
+
+
+def _evtx_plants(truth) -> List[Dict]:
+    return [p for p in truth["plants"] if p["kind"] in ("evtx-file", "evtx-record")]
+
+
+def expected_rows(truth) -> List[Key]:
+    """Every event the truth implies, in timeline order."""
+    out: List[Key] = []
+    for proc in truth["processes"]:
+        if proc["pid"] != 4:
+            out.append((exact(proc["create_time"]), "process", "created", proc["pid"]))
+        if proc["exit_time"]:
+            out.append((exact(proc["exit_time"]), "process", "exited", proc["pid"]))
+    for thread in truth["threads"]:
+        out.append((exact(thread["create_time"]), "thread", "created", thread["pid"]))
+        if thread["exit_time"]:
+            out.append((exact(thread["exit_time"]), "thread", "exited", thread["pid"]))
+    for conn in truth["connections"]:
+        action = "listening" if conn["state"] in ("LISTENING", "") else "connected"
+        out.append((exact(conn["create_time"]), "network", action, conn["pid"]))
+    for plant in truth["plants"]:
+        if plant["kind"] in ("evtx-file", "evtx-record", "evt-record"):
+            corrupt = plant["meta"].get("corrupt", [])
+            out += [(iso(r["time"]), "eventlog", "logged", plant["pid"])
+                    for r in plant["meta"]["records"] if r["record_id"] not in corrupt]
+    return _sort(out)
+
+
+def test_timeline_matches_truth_row_for_row_in_order(win7_image, rows):
+    _, truth = win7_image
+    got = [key(r) for r in rows]
+    assert got == _sort(got), "rows are not in time order"
+    assert got == expected_rows(truth)
+    assert all(r["Time"].tzinfo == timezone.utc for r in rows)
+
+
+def test_the_infection_story_reads_in_order_to_the_microsecond(win7_image, rows):
+    _, truth = win7_image
+    story = [(r["Time"], r["Source"], r["Action"], r["PID"], r["Detail"].split(" (")[0])
+             for r in rows if datetime(2011, 11, 27, 10, 0, 1, tzinfo=timezone.utc) <= r["Time"]
+             <= datetime(2011, 11, 27, 10, 0, 8, 300000, tzinfo=timezone.utc)
+             and r["Source"] in ("process", "network", "eventlog")]
+    bot = next(p for p in truth["processes"] if p["pid"] == 3012)
+    dropper = next(p for p in truth["processes"] if p["pid"] == 2940)
+    t = exact(bot["create_time"])
+    assert story == [
+        (exact(dropper["create_time"]), "process", "created", 2940, "PPID 1484, EPROCESS at physical "
+         f"{dropper['eprocess_phys']:#x}"),
+        (exact(dropper["create_time"]), "eventlog", "logged", 780, "Security 4688"),
+        (t - timedelta(seconds=3), "network", "connected", 2940,
+         "TCPv4 192.168.56.101:49160 -> 198.51.100.23:80 CLOSED"),
+        (t, "process", "created", 3012, f"PPID 1484, EPROCESS at physical {bot['eprocess_phys']:#x}"),
+        (t, "eventlog", "logged", 780, "Security 4688"),
+        (t, "eventlog", "logged", 2940, "Security 4688"),
+        (t + timedelta(seconds=1), "eventlog", "logged", 780, "System 7045"),
+        (t + timedelta(seconds=1), "eventlog", "logged", 2172, "System 7045"),
+        (t + timedelta(seconds=1.1), "eventlog", "logged", None, "System 7040"),
+        (t + timedelta(seconds=1.25), "eventlog", "logged", 780, "System 7036"),
+        (t + timedelta(seconds=1.5), "process", "exited", 2940, "PPID 1484, EPROCESS at physical "
+         f"{dropper['eprocess_phys']:#x}"),
+        (t + timedelta(seconds=1.5), "eventlog", "logged", None, "Security 4689"),
+        (t + timedelta(seconds=2.75), "network", "connected", 1484,
+         "TCPv4 192.168.56.101:49163 -> 203.0.113.66:80 ESTABLISHED"),
+    ]
+
+
+def test_provenance_marks_exited_unlinked_process_threads_and_closed_connections(win7_image, rows):
+    _, truth = win7_image
+    by_pid = {p["pid"]: p for p in truth["processes"]}
+    for row in (r for r in rows if r["Source"] == "process"):
+        linked = by_pid[row["PID"]]["linked"]
+        assert row["Provenance"] == ("pslist+psscan" if linked else
+                                     "psscan only (exited, not in the active list)")
+        assert row["Process"] == by_pid[row["PID"]]["image_file_name"]
+    exited = [t for t in truth["threads"] if t["exit_time"]]
+    got = {(r["PID"], r["Action"]): r["Provenance"] for r in rows
+           if r["Source"] == "thread" and r["Detail"].startswith(f"TID {exited[0]['tid']},")}
+    assert got == {(2940, "created"): "thrdscan only (exited, not in the active list)",
+                   (2940, "exited"): "thrdscan only (exited, not in the active list)"}
+    assert all(r["Provenance"] == "threads+thrdscan" for r in rows
+               if r["Source"] == "thread" and r["PID"] != 2940)
+    closed = [r for r in rows if r["Source"] == "network" and r["Detail"].endswith("CLOSED")]
+    want = {c["offset_phys"] for c in truth["connections"] if c["closed"]}
+    assert {int(r["Provenance"].rsplit("@ ", 1)[1], 16) for r in closed} == want and len(want) == 1
+
+
+def test_thread_rows_carry_tid_and_start_addresses(win7_image, rows):
+    _, truth = win7_image
+    details = Counter((r["PID"], r["Time"], r["Detail"]) for r in rows
+                      if r["Source"] == "thread" and r["Action"] == "created")
+    want = Counter((t["pid"], exact(t["create_time"]),
+                    f"TID {t['tid']}, start {t['start'] & MASK48:#x}, Win32 start {t['win32_start'] & MASK48:#x}")
+                   for t in truth["threads"])
+    assert details == want
+
+
+def _address(row: Dict) -> Tuple[str, int]:
+    match = re.search(r"(@|physical) (0x[0-9a-f]+)", row["Provenance"])
+    return ("virtual" if match.group(1) == "@" else "physical"), int(match.group(2), 16)
+
+
+def _pyevtx(blob: bytes, tmp_path: Path) -> List[Tuple[int, int, datetime, int]]:
+    """(file offset, record id, time, event id) of each record python-evtx reads in ``blob``."""
+    path = tmp_path / "log.evtx"
+    path.write_bytes(blob)
+    with PyEvtx(str(path)) as log:
+        out = []
+        for record in log.records():
+            event_id = int(re.search(r"<EventID[^>]*>(\d+)<", record.xml()).group(1))
+            out.append((record.offset(), record.record_num(), record.timestamp(), event_id))
+    return out
+
+
+def _close(a: datetime, b: datetime) -> bool:
+    return abs(a.replace(tzinfo=None) - b.replace(tzinfo=None)) <= timedelta(microseconds=2)
+
+
+def test_every_carved_evtx_record_matches_python_evtx(win7_image, rows, tmp_path):
+    _, truth = win7_image
+    carved = {_address(r): r for r in rows if r["Source"] == "eventlog" and "evtx" in r["Provenance"]}
+    checked = set()
+    for plant in _evtx_plants(truth):
+        blob = bytes.fromhex(plant["data"])
+        if plant["kind"] == "evtx-record":  # a lone record is a chunk's first record: read that chunk
+            (meta,) = plant["meta"]["records"]
+            spec = EvtxRecordSpec(meta["record_id"], iso(meta["time"]), meta["event_id"], meta["provider"],
+                                  meta["channel"], "JOHN-PC", meta["data"], meta["level"])
+            assert build_lone_record(spec) == blob
+            reads = [(0, *rest[1:]) for rest in _pyevtx(build_file([spec]), tmp_path)]
+        else:
+            reads = _pyevtx(blob, tmp_path)
+        where = ("virtual", plant["va"]) if plant["va"] is not None else ("physical", plant["pa"])
+        for offset, record_id, stamp, event_id in reads:
+            address = (where[0], where[1] + offset)
+            if record_id in plant["meta"].get("corrupt", []):
+                assert address not in carved
+                continue
+            row = carved[address]
+            assert f"(record {record_id}," in row["Detail"]
+            assert row["Detail"].split(" ")[1] == str(event_id)
+            assert _close(row["Time"], stamp)
+            checked.add(address)
+    assert checked == set(carved) and len(checked) == 205 + 3 + (4 - 1) + 4
+
+
+def test_freed_records_report_physical_offsets_and_holders_report_pid_and_va(win7_image, rows):
+    _, truth = win7_image
+    freed = {p["label"]: p for p in truth["plants"] if p["kind"] in ("evtx-record", "evt-record")}
+    by_address = {_address(r): r for r in rows if r["Source"] == "eventlog"}
+    row = by_address[("physical", freed["timeline-freed-7040"]["pa"])]
+    assert (row["PID"], row["Process"]) == (None, None) and "no process maps it" in row["Provenance"]
+    row = by_address[("virtual", freed["timeline-heap-7045"]["va"])]
+    assert (row["PID"], row["Process"]) == (2172, "iexplore.exe")
+    va = freed["timeline-exited-4688"]["va"]  # in the exited, pool-only dropper: its memory is still read
+    row = by_address[("virtual", va)]
+    assert (row["PID"], row["Provenance"]) == (2940, f"evtx record in PID 2940 @ {va:#x}")
+    evt = by_address[("physical", freed["timeline-freed-evt"]["pa"])]
+    assert evt["Detail"] == "XPBOX Service Control Manager 7035 (record 77, EVT): Remote Registry; start"
+    system = [r for r in rows if "System.evtx" in r["Provenance"]]
+    assert len(system) == 205 and {r["PID"] for r in system} == {780}
+    assert len({a for a in by_address if a[0] == "physical"}) == 4, "mapped records must not repeat as freed"
+
+
+def test_correlation_flags_fire_on_the_story_and_name_their_rows(win7_image):
+    image, truth = win7_image
+    flags = run_plugin(image, PLUGIN, {"correlate": True})
+    top = [(r["Action"], r["PID"]) for r in flags if r["__depth"] == 0]
+    assert top == [("thread-burst", 1484), ("connect-after-start", 1484), ("connect-after-start", 1484),
+                   ("thread-burst", 2172), ("after-exit", 2940)]
+    groups = _groups(flags)
+    bot_start = exact(next(p["create_time"] for p in truth["processes"] if p["pid"] == 3012))
+    connect = groups[1]
+    assert [(r["Source"], r["Action"], r["PID"], r["Time"]) for r in connect[1:]] == [
+        ("process", "created", 3012, bot_start),
+        ("network", "connected", 1484, bot_start + timedelta(seconds=2.75))]
+    assert "connected 2.750 s after cleansweep.exe (3012) started" in connect[0]["Detail"]
+    burst = [t for t in truth["threads"] if t["pid"] == 1484 and 0x2A40000 <= t["start"] < 0x2A50000]
+    assert [r["Time"] for r in groups[0][1:]] == [exact(t["create_time"]) for t in burst]
+    late = groups[4]
+    assert [(r["Source"], r["Action"]) for r in late[1:]] == [("process", "exited"), ("network", "connected")]
+    assert late[2]["Time"] == exact(AFTER_EXIT_CONNECTION)
+
+
+def _groups(flags: List[Dict]) -> List[List[Dict]]:
+    groups: List[List[Dict]] = []
+    for row in flags:
+        if row["__depth"] == 0:
+            groups.append([row])
+        else:
+            groups[-1].append(row)
+    return groups
+
+
+def test_correlation_is_quiet_on_a_scenario_without_the_story(tmp_path_factory):
+    image, _ = write_image(clean_win7(), tmp_path_factory.mktemp("clean"))
+    timeline = run_plugin(image, PLUGIN, {"source": ["process", "thread", "network"]})
+    assert Counter(r["Source"] for r in timeline) == {"process": 13, "thread": 48, "network": 3}
+    assert run_plugin(image, PLUGIN, {"correlate": True}) == []
+    tight = run_plugin(image, PLUGIN, {"correlate": True, "burst": 3, "burst_window": 1})
+    assert tight and {r["Action"] for r in tight if r["__depth"] == 0} == {"thread-burst"}
+
+
+def test_source_pid_name_and_time_filters(win7_image, rows):
+    image, _ = win7_image
+    after, before = "2011-11-27T10:00:05.5", "2011-11-27T10:00:09Z"
+    got = run_plugin(image, PLUGIN, {"source": ["network", "thread"], "pid": [1484],
+                                     "after": after, "before": before})
+    lo, hi = iso(after + "+00:00"), iso(before.replace("Z", "+00:00"))
+    want = [r for r in rows if r["Source"] in ("network", "thread") and r["PID"] == 1484
+            and lo <= r["Time"] <= hi]
+    assert got == want and len(want) == 6
+    named = run_plugin(image, PLUGIN, {"source": ["eventlog"], "name": ["iexplore.exe"]})
+    assert [r["Detail"].split(":")[0] for r in named] == ["System 7045 (record 2003, Service Control Manager)"]
+
+
+class BytesLayer:
+    """A physical layer over a byte string, for carving without an image."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.minimum_address, self.maximum_address = data, 0, len(data) - 1
+
+    def read(self, address: int, length: int, pad: bool = False) -> bytes:
+        return self.data[address:address + length]
+
+
+def _edge_specs() -> List[EvtxRecordSpec]:
+    return [EvtxRecordSpec(10 + n, datetime(2011, 11, 27, 10, tzinfo=timezone.utc) + timedelta(seconds=n),
+                           7036, "Service Control Manager", "System", "PC", ["svc", "running"])
+            for n in range(40)]
+
+
+def test_carving_windows_report_records_on_window_edges_once():
+    specs = _edge_specs()
+    chunk, lone = build_chunk(specs), build_lone_record(specs[0])
+    layer = BytesLayer(b"\0" * 0x7F00 + chunk + b"\0" * 0x2F0 + lone + b"\0" * 0x20000)
+    for window in (0x8000, 0x10000, 0x18000, 0x100000):
+        found = list(timeline.carve_windows(vadwalk.read_chunks(layer, 0, layer.maximum_address, window, CHUNK_SIZE)))
+        assert [r.record_id for r in found] == [s.record_id for s in specs] + [10], hex(window)
+        assert [r.source for r in found] == ["evtx-chunk"] * 40 + ["evtx-record"]
+
+
+def test_physical_pass_reads_a_chunk_across_its_1mib_windows_once_and_notes_its_frames():
+    specs = _edge_specs()
+    start = timeline.WINDOW - 0x3000
+    layer = BytesLayer(b"\0" * start + build_chunk(specs) + b"\0" * 0x1000)
+    frames: set = set()
+    found = timeline.Timeline.carve_physical(layer, frames)
+    assert [(f.record.record_id, f.record.source) for f in found] == [(s.record_id, "evtx-chunk") for s in specs]
+    assert all(f.physical == f.record.offset and f.record.chunk == start for f in found)
+    pages = {f.record.offset >> 12 for f in found}
+    assert pages <= frames <= set(range(start >> 12, (start + CHUNK_SIZE) >> 12))
+    quiet: set = set()
+    assert timeline.Timeline.carve_physical(layer, quiet, report=False) == [] and quiet == frames
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_json_csv_and_body_file_outputs_parse(win7_image, rows, tmp_path):
+    image, _ = win7_image
+    out = run_cli("-r", "json", "-o", str(tmp_path), "-f", str(image), "spyeye.timeline",
+               "--body-file", "spyeye.body")
+    assert out.returncode == 0, out.stderr
+    parsed = json.loads(out.stdout)
+    assert [(iso(r["Time"]), r["Source"], r["Action"], r["PID"]) for r in parsed] == [key(r) for r in rows]
+    assert set(parsed[0]) == {"Time", "Source", "Action", "PID", "Process", "Detail", "Provenance", "__children"}
+    body = (tmp_path / "spyeye.body").read_text().splitlines()
+    assert len(body) == len(rows)
+    fields = [line.split("|") for line in body]
+    assert all(len(f) == 11 for f in fields)
+    assert [max(int(t) for t in f[7:]) for f in fields] == [int(r["Time"].timestamp()) for r in rows]
+    assert fields[0][1].startswith(f"[{rows[0]['Source']} {rows[0]['Action']}] {rows[0]['Time'].isoformat()}")
+    out = run_cli("-r", "csv", "-f", str(image), "spyeye.timeline", "--source", "network")
+    table = list(csv.DictReader(io.StringIO(out.stdout)))
+    assert [(r["Action"], int(r["PID"])) for r in table] == [(r["Action"], r["PID"]) for r in rows
+                                                               if r["Source"] == "network"]
+
+
+@pytest.mark.parametrize("renderer", ["quick", "pretty", "csv", "json", "jsonl"])
+def test_every_renderer_prints_flags_and_the_rows_they_rest_on(win7_image, renderer):
+    image, _ = win7_image
+    out = run_cli("-r", renderer, "-f", str(image), "spyeye.timeline", "--correlate",
+               "--source", "process", "network", "--pid", "2940")
+    assert out.returncode == 0 and "Traceback" not in out.stderr
+    for text in ("after-exit", "psscan only (exited, not in the active list)",
+                 "198.51.100.23:8080", "2011-11-27"):
+        assert text in out.stdout, (renderer, text)
+
+
+def test_body_file_goes_through_the_plugin_file_handler(win7_image):
+    image, _ = win7_image
+    rows = run_plugin(image, PLUGIN, {"source": ["process"], "body_file": "p.body"})
+    lines = FileCollector.files["p.body"].decode().splitlines()
+    assert len(lines) == len(rows) and all(line.count("|") == 10 for line in lines)
+
+
+def test_corrupt_chunk_and_evt_record_warn_and_keep_the_readable_records(win7_image, rows):
+    image, truth = win7_image
+    out = run_cli("-f", str(image), "spyeye.timeline", "--source", "eventlog", "--pid", "780")
+    assert out.returncode == 0 and "Traceback" not in out.stderr
+    assert "chunk event-records CRC mismatch" in out.stderr and "skipped 224 unreadable bytes" in out.stderr
+    application = [r for r in rows if "Application.evtx" in r["Provenance"]]
+    assert [int(re.search(r"record (\d+)", r["Detail"]).group(1)) for r in application] == [
+        n for n in (1, 2, 3, 4) if n != CORRUPT_RECORD_ID]
+    out = run_cli("-f", str(image), "spyeye.timeline", "--source", "eventlog", "--before", "2011-11-27")
+    assert "StringOffset 0x400 outside record" in out.stderr and "Traceback" not in out.stderr
+    assert "record 78, EVT" in out.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--source", "registry"], "unknown --source registry"),
+    (["--after", "yesterday"], "--after 'yesterday' is not an ISO 8601 time"),
+])
+def test_bad_options_give_one_line_error(win7_image, args, message):
+    image, _ = win7_image
+    out = run_cli("-f", str(image), "spyeye.timeline", *args)
+    assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_stock_timeliner_picks_up_the_event_log_source(win7_image, rows):
+    image, _ = win7_image
+    out = run_cli("-r", "json", "-f", str(image), "timeliner", "--plugin-filter", "spyeye")
+    assert "matches multiple plugins" not in out.stderr  # `vol timeliner` still names stock timeliner
+    ours = [r for r in json.loads(out.stdout) if r["Description"].startswith("EventLog: ")]
+    want = [r for r in rows if r["Source"] == "eventlog"]
+    assert {r["Plugin"] for r in ours} == {"Timeline"}
+    assert sorted(r["Description"][len("EventLog: "):] for r in ours) == sorted(
+        f"{r['Detail']} [{r['Provenance']}]" for r in want)
