@@ -12,7 +12,7 @@ import pytest
 from volatility3.plugins.windows import pslist, vadinfo
 
 from fixtures.pe_mapper import DLL_DIR
-from spyeye_plugins.spyeye.injected import InjectedImages, unlisted
+from spyeye_plugins.spyeye.injected import InjectedImages, closed_list_bases, unlisted
 from spyeye_plugins.spyeye.parsers.known_names import known_spyeye_exports
 from spyeye_plugins.spyeye.parsers.pe_image import inspect_header
 from spyeye_plugins.spyeye.vadwalk import VadFacts
@@ -263,15 +263,48 @@ def test_loader_list_comparison_exempts_the_exe_from_init_order_only():
 
 
 @pytest.mark.parametrize("vad,reason", [
-    (VadFacts(0x10000, 0x1FFFF, "PAGE_EXECUTE_WRITECOPY", False, "\\Windows\\x.dll", "Vad "), None),
-    (VadFacts(0x20000, 0x2FFFF, "PAGE_EXECUTE_WRITECOPY", False, "\\Temp\\y.dll", "Vad "),
+    (VadFacts(0x10000, 0x1FFFF, "PAGE_EXECUTE_WRITECOPY", False, "\\Windows\\x.dll", True), None),
+    (VadFacts(0x20000, 0x2FFFF, "PAGE_EXECUTE_WRITECOPY", False, "\\Temp\\y.dll", True),
      "image VAD not in load/memory/init order lists"),
-    (VadFacts(0x30000, 0x3FFFF, "PAGE_READONLY", False, "\\Windows\\locale.nls", "Vad "), None),
-    (VadFacts(0x40000, 0x4FFFF, "PAGE_EXECUTE_READWRITE", True, None, "VadS"), "private executable memory"),
-    (VadFacts(0x50000, 0x5FFFF, "PAGE_EXECUTE_READ", False, None, "Vad "), "executable shared memory (no file)"),
-    (VadFacts(0x60000, 0x6FFFF, "PAGE_READWRITE", True, None, "VadS"), "private non-executable memory"),
-    (VadFacts(0x70000, 0x7FFFF, "PAGE_READWRITE", False, None, "Vad "), None),
+    (VadFacts(0x30000, 0x3FFFF, "PAGE_READONLY", False, "\\Windows\\locale.nls"), None),
+    (VadFacts(0x40000, 0x4FFFF, "PAGE_EXECUTE_READWRITE", True, None), "private executable memory"),
+    (VadFacts(0x50000, 0x5FFFF, "PAGE_EXECUTE_READ", False, None), "executable shared memory (no file)"),
+    (VadFacts(0x60000, 0x6FFFF, "PAGE_READWRITE", True, None), "private non-executable memory"),
+    (VadFacts(0x70000, 0x7FFFF, "PAGE_READWRITE", False, None), None),
+    (VadFacts(0x80000, 0x8FFFF, "PAGE_EXECUTE_WRITECOPY", False, None, True),
+     "image VAD (file name unreadable) not in load/memory/init order lists"),
 ])
 def test_which_vads_get_a_look(vad, reason):
     lists = {"load": {0x10000}, "memory": {0x10000}, "init": {0x10000}}
     assert InjectedImages._vad_reason(vad, lists, exe_base=None) == reason
+
+
+class _Link:
+    def __init__(self, flink: int) -> None:
+        self.Flink = flink
+
+
+class _Entry:
+    def __init__(self, base: int, flink: int) -> None:
+        self.DllBase = base
+        self.InLoadOrderLinks = _Link(flink)
+
+
+class _Head:
+    """A LIST_ENTRY at 0x1000 whose walk yields ``entries`` (as to_list would)."""
+
+    def __init__(self, entries) -> None:
+        self.Flink = 0x2000 if entries else 0x1000
+        self.vol = type("vol", (), {"offset": 0x1000})
+        self._entries = entries
+
+    def to_list(self, entry_type, link):
+        return iter(self._entries)
+
+
+def test_loader_list_is_trusted_only_when_its_walk_returns_to_the_head():
+    closed = _Head([_Entry(0x77A50000, 0x3000), _Entry(0x77930000, 0x1000)])
+    cut = _Head([_Entry(0x77A50000, 0x3000)])           # to_list stopped at an unreadable entry
+    assert closed_list_bases(closed, "t!_LDR_DATA_TABLE_ENTRY", "InLoadOrderLinks") == {0x77A50000, 0x77930000}
+    assert closed_list_bases(cut, "t!_LDR_DATA_TABLE_ENTRY", "InLoadOrderLinks") is None
+    assert closed_list_bases(_Head([]), "t!_LDR_DATA_TABLE_ENTRY", "InLoadOrderLinks") == set()

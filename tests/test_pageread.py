@@ -1,11 +1,15 @@
 """The bulk page-table reader returns exactly what ``layer.read(pad=True)`` returns."""
 from __future__ import annotations
 
-import pytest
+import gzip
 
-from spyeye_plugins.spyeye.pageread import PageTableReader
-from tests.vol_runner import construct
+import pytest
+from volatility3.framework import contexts
+from volatility3.framework.layers import physical
 from volatility3.plugins.windows import pslist, vadinfo
+
+from spyeye_plugins.spyeye.pageread import PageTableReader, _physical_reader
+from tests.vol_runner import construct
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +75,14 @@ def test_kernel_large_and_non_paging_layers(process_layers, win7_image):
     assert reader.read(base, 0x3000) == layer.read(base, 0x3000, pad=True)
     physical = context.layers[layer.config["memory_layer"]]
     assert PageTableReader(physical).read(0x1000, 0x2000) == physical.read(0x1000, 0x2000, pad=True)
+
+
+def test_compressed_image_is_read_through_volatility_not_raw_file(tmp_path, win7_image):
+    image, _ = win7_image
+    packed = tmp_path / "head.raw.gz"
+    raw = image.read_bytes()[:0x40000]
+    packed.write_bytes(gzip.compress(raw))
+    context = contexts.Context()
+    context.config["gz.location"] = packed.as_uri()
+    layer = physical.FileLayer(context, "gz", "gz")
+    assert _physical_reader(layer)(0x1000, 0x2000) == raw[0x1000:0x3000]

@@ -88,6 +88,16 @@ def test_freed_memory_hit_listed_without_owner(win7_image, hits):
     assert not vad_hits & {r["Physical"] for r in rows}
 
 
+def test_physical_only_hits_of_unsearched_processes_are_not_called_ownerless(win7_image):
+    image, truth = win7_image
+    (mine,) = _plants(truth, "explorer-utf16")
+    rows = run_plugin(image, "spyeye.vadsearch.VadSearch", {"keyword": ["cleansweep.exe"], "pid": [mine["pid"]],
+                                                            "compare_physical": True})
+    assert {r["PID"] for r in rows} == {mine["pid"], None}
+    others = [r for r in rows if r["PID"] is None]
+    assert others and all(r["Process"].startswith("(not in the searched VADs") for r in others)
+
+
 def test_filters_hex_regex_and_yara_in_one_pass(win7_image):
     image, truth = win7_image
     rows = run_plugin(image, "spyeye.vadsearch.VadSearch", {
@@ -128,6 +138,8 @@ def test_json_output_parses_and_carries_the_fields(win7_image):
     (["--yara-rules", "rule broken {"], "invalid YARA rules"),
     (["--hex", "4D 5"], "even number of hex digits"),
     (["--keyword", "x", "--pid", "99999"], "no process with PID 99999"),
+    (["--keyword", "x", "--chunk-size", "0"], "--chunk-size must be at least 0x1000"),
+    (["--yara-file", "/bin/ls"], "not a text YARA rule file"),
 ])
 def test_bad_input_gives_one_line_error_not_traceback(win7_image, args, message):
     image, _ = win7_image

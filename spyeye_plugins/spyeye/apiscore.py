@@ -15,7 +15,6 @@ from typing import Iterator, List, Optional
 from volatility3.framework import exceptions, interfaces, renderers, symbols
 from volatility3.framework.configuration import requirements
 from volatility3.framework.renderers import format_hints
-from volatility3.plugins.windows import vadinfo
 
 from . import injected, vadwalk
 from .parsers import api_traits
@@ -88,10 +87,8 @@ class ApiScore(interfaces.plugins.PluginInterface):
                 reasons = candidate.reasons if candidate.pe else candidate.reasons[:1]  # header evidence for PEs
                 yield Region(candidate.vad, candidate.layer_name, "; ".join(reasons), candidate.pe)
             return
-        try:
-            layer_name = proc.add_process_layer()
-        except exceptions.InvalidAddressException as exc:
-            vollog.warning("PID %s: no readable address space (%s)", proc.UniqueProcessId, exc)
+        layer_name = vadwalk.process_layer(proc)
+        if layer_name is None:
             return
         layer = context.layers[layer_name]
         for vad in vadwalk.process_vads(proc, protect_values):
@@ -133,7 +130,7 @@ class ApiScore(interfaces.plugins.PluginInterface):
         layer = context.layers[region.layer_name]
         start = region.vad.start
         length = max(0, min(region.vad.end + 1 - start, max_bytes))
-        code = b"".join(data[:owned] for _, data, owned in vadwalk.read_chunks(layer, start, start + length - 1))
+        code = vadwalk.read_range(layer, start, length)
         pe = region.pe
         bits = MACHINE_BITS.get(pe.machine, process_bits) if pe else process_bits
         entries = cls.entry_points(pe, start, start + length) if pe else []
@@ -150,8 +147,7 @@ class ApiScore(interfaces.plugins.PluginInterface):
 
     # --- output --------------------------------------------------------------------------------
     def _generator(self, max_bytes: int):
-        kernel = self.context.modules[self.config["kernel"]]
-        protect = vadinfo.VadInfo.protect_values(self.context, kernel.layer_name, kernel.symbol_table_name)
+        protect = vadwalk.protection_values(self.context, self.config["kernel"])
         address = self.config.get("address")
         found = False
         procs = vadwalk.selected_processes(self.context, self.config["kernel"], self.config.get("pid"),

@@ -19,7 +19,6 @@ from volatility3.framework import exceptions, interfaces, objects, renderers
 from volatility3.framework.configuration import requirements
 from volatility3.framework.renderers import format_hints
 from volatility3.framework.symbols import intermed
-from volatility3.plugins.windows import vadinfo
 
 from . import vadsearch, vadwalk
 from .parsers import spyeye_artifacts as sa
@@ -184,7 +183,7 @@ def read_layout(context: interfaces.context.ContextInterface, layer_name: str, t
             text = member.cast("string", max_length=member.vol.count * width, errors="replace",
                                encoding="utf-16-le" if width == 2 else "latin-1")
             values[name] = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-        else:
+        elif isinstance(member, int):
             values[name] = int(member)
     return values
 
@@ -303,6 +302,9 @@ class SpyEyeConfig(interfaces.plugins.PluginInterface):
         except exceptions.InvalidAddressException as exc:
             vollog.warning("declared C1 layout at %#x: unreadable address %#x", address, exc.invalid_address)
             return None
+        except exceptions.SymbolError as exc:
+            vollog.warning("declared C1 layout at %#x: %s", address, exc)
+            return None
 
     def _layout_table(self) -> Optional[str]:
         name = self.config.get("c1_layout")
@@ -312,6 +314,9 @@ class SpyEyeConfig(interfaces.plugins.PluginInterface):
             table = intermed.IntermediateSymbolTable.create(self.context, self.config_path, LAYOUT_SUBPATH, name)
         except (FileNotFoundError, exceptions.SymbolSpaceError, ValueError) as exc:
             vollog.error("cannot load C1 layout %r from symbols/%s: %s", name, LAYOUT_SUBPATH, exc)
+            return None
+        if not self.context.symbol_space.has_type(f"{table}!{LAYOUT_TYPE}"):
+            vollog.error("C1 layout %r declares no %r type; not used", name, LAYOUT_TYPE)
             return None
         producer = self.context.symbol_space[table].producer.name
         vollog.info("C1 layout %r loaded (producer: %s)", name, producer)
@@ -327,7 +332,7 @@ class SpyEyeConfig(interfaces.plugins.PluginInterface):
         except OSError as exc:
             vollog.error("cannot write %s: %s", name, exc)
             return renderers.NotAvailableValue()
-        return name
+        return handle.preferred_filename            # final name, set when the handler closes
 
     def _rows(self, proc_info: Tuple[int, str], vad: vadwalk.VadFacts, artifact: Artifact):
         pid, name = proc_info
@@ -344,18 +349,16 @@ class SpyEyeConfig(interfaces.plugins.PluginInterface):
             yield 1, (*head, na, na, na, na, na, artifact.kind, na, na, na, na, key, value)
 
     def _generator(self):
-        kernel = self.context.modules[self.config["kernel"]]
-        protect = vadinfo.VadInfo.protect_values(self.context, kernel.layer_name, kernel.symbol_table_name)
+        protect = vadwalk.protection_values(self.context, self.config["kernel"])
         layout_table = self._layout_table()
         procs = vadwalk.selected_processes(self.context, self.config["kernel"], self.config.get("pid"),
                                            self.config.get("name"))
         for index, proc in enumerate(procs):
             pid, name = int(proc.UniqueProcessId), vadwalk.process_name(proc)
-            try:
-                layer = self.context.layers[proc.add_process_layer()]
-            except exceptions.InvalidAddressException:
-                vollog.warning("PID %d: no readable address space", pid)
+            layer_name = vadwalk.process_layer(proc)
+            if layer_name is None:
                 continue
+            layer = self.context.layers[layer_name]
             for vad in vadwalk.process_vads(proc, protect):
                 self._progress_callback(100.0 * index / max(len(procs), 1), f"Decoding PID {pid} VAD {vad.start:#x}")
                 for artifact in self.find_artifacts(self.context, layer, vad, layout_table):

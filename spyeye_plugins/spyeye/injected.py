@@ -13,10 +13,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Set, Tuple
 
-from volatility3.framework import exceptions, interfaces, renderers
+from volatility3.framework import constants, exceptions, interfaces, renderers
 from volatility3.framework.configuration import requirements
 from volatility3.framework.renderers import format_hints
-from volatility3.plugins.windows import vadinfo
 
 from . import vadwalk
 from .parsers import known_names
@@ -25,9 +24,10 @@ from .parsers.pe_image import ExportEntry, HeaderEvidence, MappedPE, Reader, fil
 
 vollog = logging.getLogger(__name__)
 
-LOADER_LISTS = (("load", "load_order_modules"), ("memory", "mem_order_modules"),
-                ("init", "init_order_modules"))
-"""Short name of each PEB loader list and the EPROCESS method that walks it."""
+LOADER_LISTS = (("load", "InLoadOrderModuleList", "InLoadOrderLinks"),
+                ("memory", "InMemoryOrderModuleList", "InMemoryOrderLinks"),
+                ("init", "InInitializationOrderModuleList", "InInitializationOrderLinks"))
+"""Short name, PEB_LDR_DATA member and LDR_DATA_TABLE_ENTRY link of each loader list."""
 
 
 @dataclass
@@ -44,7 +44,7 @@ class Candidate:
 
     @property
     def size(self) -> int:
-        return self.vad.end + 1 - self.vad.start
+        return self.vad.size
 
 
 def region_reader(layer: interfaces.layers.DataLayerInterface, base: int) -> Reader:
@@ -86,21 +86,64 @@ def image_missing(layer: interfaces.layers.DataLayerInterface, base: int, vad_si
     return ranges
 
 
+def closed_list_bases(head, entry_type: str, link: str) -> Optional[Set[int]]:
+    """DllBase of each entry of the list at ``head``; None unless the walk comes back to the
+    head (Volatility's ``to_list`` stops quietly at an unreadable entry: a list cut short
+    would make every module after the cut look unlinked)."""
+    bases: Set[int] = set()
+    last_flink = int(head.Flink)
+    for entry in head.to_list(entry_type, link):
+        bases.add(int(entry.DllBase))
+        last_flink = int(getattr(entry, link).Flink)
+    return bases if last_flink == head.vol.offset else None
+
+
+def _pebs(proc) -> List[Tuple[str, object]]:
+    """(label, PEB) of the process: the native PEB and, for WoW64, the 32-bit one.
+    Raises InvalidAddressException when the WoW64 PEB32 cannot be read."""
+    pebs = [("64-bit" if proc.get_is_wow64() else "native", proc.get_peb())]
+    if proc.get_is_wow64():
+        peb32 = proc.get_peb32()
+        if peb32 is None:
+            raise exceptions.InvalidAddressException(proc.vol.layer_name, 0, "no PEB32")
+        pebs.append(("32-bit", peb32))
+    return pebs
+
+
 def loader_bases(proc) -> Optional[Dict[str, Set[int]]]:
-    """DllBase values of each readable, non-empty PEB loader list (a list that fails part-way
-    is left out rather than trusted); None when no list can be read."""
+    """DllBase values per PEB loader list (native and WoW64 PEBs together); a list that is
+    empty, unreadable or cut short is left out rather than trusted.  None when no list can
+    be used (then image VADs are not compared with the lists)."""
     if not proc.Peb:
         return None
+    try:
+        pebs = _pebs(proc)
+    except (exceptions.InvalidAddressException, AttributeError, ValueError) as exc:
+        vollog.warning("PID %s: PEB unreadable (%s)", proc.UniqueProcessId, exc)
+        return None
     bases: Dict[str, Set[int]] = {}
-    for short, method in LOADER_LISTS:
+    broken: Set[str] = set()
+    for label, peb in pebs:
         try:
-            found = {int(entry.DllBase) for entry in getattr(proc, method)()}
-        except (exceptions.InvalidAddressException, ValueError) as exc:
-            vollog.warning("PID %s: %s order list unreadable (%s)", proc.UniqueProcessId, short, exc)
-            continue
-        if found:
-            bases[short] = found
-    return bases or None
+            table = proc.get_symbol_table_name()
+            if peb.Ldr.vol.type_name.split(constants.BANG)[-1] == "unsigned long":
+                table = proc.set_types(peb)
+            ldr = peb.Ldr.dereference()
+        except exceptions.InvalidAddressException as exc:
+            vollog.warning("PID %s: %s PEB_LDR_DATA unreadable (%s)", proc.UniqueProcessId, label, exc)
+            return None
+        for short, member, link in LOADER_LISTS:
+            try:
+                found = closed_list_bases(ldr.member(member), f"{table}{constants.BANG}_LDR_DATA_TABLE_ENTRY", link)
+            except exceptions.InvalidAddressException:
+                found = None
+            if found is None:
+                vollog.warning("PID %s: %s %s order list unreadable or cut short; not used", proc.UniqueProcessId, label, short)
+                broken.add(short)
+            else:
+                bases.setdefault(short, set()).update(found)
+    usable = {short: found for short, found in bases.items() if found and short not in broken}
+    return usable or None
 
 
 def main_image_base(proc) -> Optional[int]:
@@ -142,13 +185,9 @@ class InjectedImages(interfaces.plugins.PluginInterface):
         ``all_exec`` every private executable VAD is a candidate, PE or not."""
         pid = proc.UniqueProcessId
         if protect_values is None:
-            kernel = context.modules[kernel_module_name]
-            protect_values = vadinfo.VadInfo.protect_values(context, kernel.layer_name,
-                                                            kernel.symbol_table_name)
-        try:
-            layer_name = proc.add_process_layer()
-        except exceptions.InvalidAddressException as exc:
-            vollog.warning("PID %s: no readable address space (%s)", pid, exc)
+            protect_values = vadwalk.protection_values(context, kernel_module_name)
+        layer_name = vadwalk.process_layer(proc)
+        if layer_name is None:
             return
         lists = loader_bases(proc)
         if lists is None and proc.Peb:
@@ -165,13 +204,14 @@ class InjectedImages(interfaces.plugins.PluginInterface):
     def _vad_reason(vad: vadwalk.VadFacts, lists: Optional[Dict[str, Set[int]]],
                     exe_base: Optional[int]) -> Optional[str]:
         """Why ``vad`` deserves a look at its first page, or None (normal module, data file)."""
-        if vad.file is not None and not vad.private:
+        if not vad.private and (vad.file is not None or vad.image):
             if not vad.executable or lists is None:
                 return None                      # a mapped data file, or nothing to compare with
             missing = unlisted(vad.start, lists, exe_base)
             if not missing:
                 return None                      # loaded normally by the loader
-            return f"image VAD not in {'/'.join(missing)} order list{'s' if len(missing) > 1 else ''}"
+            label = "image VAD" if vad.file is not None else "image VAD (file name unreadable)"
+            return f"{label} not in {'/'.join(missing)} order list{'s' if len(missing) > 1 else ''}"
         if vad.executable:
             return "private executable memory" if vad.private else "executable shared memory (no file)"
         return "private non-executable memory" if vad.private else None
@@ -196,8 +236,7 @@ class InjectedImages(interfaces.plugins.PluginInterface):
 
     # --- output ----------------------------------------------------------------------------
     def _generator(self):
-        kernel = self.context.modules[self.config["kernel"]]
-        protect = vadinfo.VadInfo.protect_values(self.context, kernel.layer_name, kernel.symbol_table_name)
+        protect = vadwalk.protection_values(self.context, self.config["kernel"])
         procs = vadwalk.selected_processes(self.context, self.config["kernel"], self.config.get("pid"),
                                            self.config.get("name"))
         for index, proc in enumerate(procs):
@@ -256,9 +295,13 @@ class InjectedImages(interfaces.plugins.PluginInterface):
         stem = re.sub(r"[^A-Za-z0-9_.-]", "_", re.sub(r"(?i)\.dll$", "", candidate.pe.dll_name or "image"))
         with self.open(f"pid.{pid}.{start:#x}.{stem}.dll") as handle:
             handle.write(header[:size])
-            if size > len(header):
-                for _, data, owned in vadwalk.read_chunks(layer, start + len(header), start + size - 1):
+            in_vad = min(size, candidate.size)       # never read into the next mapping
+            if in_vad > len(header):
+                for _, data, owned in vadwalk.read_chunks(layer, start + len(header), start + in_vad - 1,
+                                                          skip_unmapped=False):
                     handle.write(data[:owned])
+            if size > max(in_vad, len(header)):
+                handle.write(bytes(size - max(in_vad, len(header))))
         return handle.preferred_filename            # final name, set when the handler closes
 
     def run(self) -> renderers.TreeGrid:

@@ -12,6 +12,7 @@ returns.  Layers that are not Intel paging layers are read with ``layer.read``.
 """
 from __future__ import annotations
 
+import io
 import os
 import struct
 from typing import Callable, List, Optional, Tuple
@@ -135,11 +136,9 @@ class PageTableReader:
 
 def _physical_reader(layer: interfaces.layers.DataLayerInterface) -> Callable[[int, int], bytes]:
     """``read(address, size)`` padded with zeros; a raw image file is read with
-    ``os.pread`` (no seek, no lock: the file is only read)."""
-    try:
-        fileno = layer._file.fileno() if type(layer) is physical.FileLayer else None
-    except (AttributeError, OSError, ValueError):   # not a plain file (e.g. a remote URL)
-        fileno = None
+    ``os.pread`` (no seek, no lock: the file is only read).  Anything else (a
+    compressed or remote image, another layer type) goes through ``layer.read``."""
+    fileno = _raw_file_descriptor(layer)
     if fileno is not None:
         limit = layer.maximum_address + 1
 
@@ -148,6 +147,20 @@ def _physical_reader(layer: interfaces.layers.DataLayerInterface) -> Callable[[i
             return data.ljust(size, b"\0")
         return read_file
     return lambda address, size: layer.read(address, size, pad=True)
+
+
+def _raw_file_descriptor(layer: interfaces.layers.DataLayerInterface) -> Optional[int]:
+    """The descriptor of a plain, uncompressed image file behind ``layer``, else None."""
+    if type(layer) is not physical.FileLayer:
+        return None
+    try:
+        handle = layer._file
+        if not isinstance(handle, (io.BufferedReader, io.FileIO)):
+            return None                      # gzip/lzma/bz2 wrappers: fileno() is the compressed file
+        fileno = handle.fileno()
+        return fileno if os.fstat(fileno).st_size == layer.maximum_address + 1 else None
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 def _add_run(runs: List[List[int]], offset: int, physical: int, size: int) -> None:

@@ -392,8 +392,7 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
     @classmethod
     def _carve_processes(cls, context, kernel_name: str, procs: Sequence, frames: Set[int],
                          progress) -> Tuple[List[Found], Set[int]]:
-        kernel = context.modules[kernel_name]
-        protect = vadinfo.VadInfo.protect_values(context, kernel.layer_name, kernel.symbol_table_name)
+        protect = vadwalk.protection_values(context, kernel_name)
         found: List[Found] = []
         mapped: Set[int] = set()
         for index, proc in enumerate(procs):

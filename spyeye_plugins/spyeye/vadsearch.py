@@ -9,15 +9,17 @@ import logging
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Set, Tuple
 
-from volatility3.framework import exceptions, interfaces, renderers
+from volatility3.framework import interfaces, renderers
 from volatility3.framework.configuration import requirements
 from volatility3.framework.renderers import format_hints
-from volatility3.plugins.windows import vadinfo
 
 from . import vadwalk
 from .parsers.patterns import ENCODINGS, Hit, PatternError, PatternSet
 
 vollog = logging.getLogger(__name__)
+
+MAX_CONTEXT = 0x1000          # bytes of context either side of a hit, at most
+MAX_LINEAR_HITS = 1_000_000   # --compare-physical keeps at most this many linear-scan hits
 
 
 class VadSearch(interfaces.plugins.PluginInterface):
@@ -53,7 +55,8 @@ class VadSearch(interfaces.plugins.PluginInterface):
             requirements.IntRequirement(name="max_hits", default=0, optional=True,
                                         description="Stop after this many hits (0: no limit)"),
             requirements.IntRequirement(name="context", default=64, optional=True,
-                                        description="Bytes of context before and after each hit"),
+                                        description=f"Bytes of context before and after each hit "
+                                                    f"(at most {MAX_CONTEXT})"),
             requirements.IntRequirement(name="chunk_size", default=vadwalk.DEFAULT_CHUNK, optional=True,
                                         description="Bytes read at a time"),
             requirements.BooleanRequirement(name="compare_physical", default=False, optional=True,
@@ -68,6 +71,9 @@ class VadSearch(interfaces.plugins.PluginInterface):
                 source = (source or "") + "\n" + Path(self.config["yara_file"]).read_text()
             except OSError as exc:
                 raise PatternError(f"cannot read YARA file: {exc}") from exc
+            except UnicodeDecodeError as exc:
+                raise PatternError(f"{self.config['yara_file']}: not a text YARA rule file "
+                                   "(compiled rules are not supported)") from exc
         encoding = self.config.get("encoding") or "both"
         return PatternSet(
             keywords=self.config.get("keyword") or [], hex_patterns=self.config.get("hex") or [],
@@ -119,15 +125,18 @@ class VadSearch(interfaces.plugins.PluginInterface):
                 if hit.offset < owned:
                     yield address + hit.offset, hit
 
+    def _context_size(self) -> int:
+        return min(MAX_CONTEXT, max(0, self.config.get("context", 64)))
+
     def _context_bytes(self, layer, vad: vadwalk.VadFacts, address: int, length: int) -> Tuple[int, bytes]:
-        size = max(0, self.config.get("context", 64))
+        size = self._context_size()
         start = max(vad.start, address - size)
         end = min(vad.end + 1, address + length + size)
         return start, layer.read(start, end - start, pad=True)
 
-    def _hit_row(self, proc_info, layer, vad: vadwalk.VadFacts, address: int, hit: Hit,
-                 linear: Optional[Set[Tuple[int, str, str]]]):
-        pages = vadwalk.physical_pages(layer, address, hit.length)
+    def _hit_row(self, proc_info: Tuple[int, str], layer: interfaces.layers.DataLayerInterface,
+                 vad: vadwalk.VadFacts, address: int, hit: Hit, pages: List[Optional[int]],
+                 linear: Optional[Dict[Tuple[int, str, str], Hit]]) -> Tuple[int, tuple]:
         start, context = self._context_bytes(layer, vad, address, hit.length)
         linear_found = None if linear is None else (pages[0], hit.pattern, hit.encoding) in linear
         return (0, (*proc_info, format_hints.Hex(vad.start), format_hints.Hex(vad.end), vad.protection,
@@ -137,10 +146,10 @@ class VadSearch(interfaces.plugins.PluginInterface):
                     format_hints.HexBytes(context), vadwalk.optional(linear_found)))
 
     def _generator(self, patterns: PatternSet):
-        kernel = self.context.modules[self.config["kernel"]]
-        protect = vadinfo.VadInfo.protect_values(self.context, kernel.layer_name, kernel.symbol_table_name)
+        protect = vadwalk.protection_values(self.context, self.config["kernel"])
         ranges = self._ranges()
-        linear = self._linear_hits(patterns) if self.config.get("compare_physical") else None
+        physical = self._physical_layer()
+        linear = self._linear_hits(physical, patterns) if self.config.get("compare_physical") else None
         seen_physical: Set[Tuple[int, str, str]] = set()
         max_hits, count = self.config.get("max_hits") or 0, 0
         procs = vadwalk.selected_processes(self.context, self.config["kernel"], self.config.get("pid"),
@@ -148,45 +157,58 @@ class VadSearch(interfaces.plugins.PluginInterface):
         for index, proc in enumerate(procs):
             pid = int(proc.UniqueProcessId)
             name = vadwalk.process_name(proc)
-            try:
-                layer = self.context.layers[proc.add_process_layer()]
-            except exceptions.InvalidAddressException:
-                vollog.warning("PID %d: no readable address space", pid)
+            layer_name = vadwalk.process_layer(proc)
+            if layer_name is None:
                 continue
+            layer = self.context.layers[layer_name]
             for vad in vadwalk.process_vads(proc, protect):
                 if not self._wanted(vad, ranges):
                     continue
                 self._progress_callback(100.0 * index / max(len(procs), 1),
                                         f"Searching PID {pid} VAD {vad.start:#x}")
                 for address, hit in self.scan_vad(layer, vad, patterns, self.config.get("chunk_size")):
-                    row = self._hit_row((pid, name), layer, vad, address, hit, linear)
-                    seen_physical.add((row[1][8], hit.pattern, hit.encoding))
-                    yield row
+                    pages = vadwalk.physical_pages(layer, address, hit.length)
+                    seen_physical.add((pages[0], hit.pattern, hit.encoding))
+                    yield self._hit_row((pid, name), layer, vad, address, hit, pages, linear)
                     count += 1
                     if max_hits and count >= max_hits:
                         vollog.warning("stopped after --max-hits %d hits", max_hits)
                         return
         if linear is not None:
-            yield from self._physical_only(linear, seen_physical)
+            yield from self._physical_only(physical, linear, seen_physical)
 
-    def _linear_hits(self, patterns: PatternSet) -> Dict[Tuple[int, str, str], Hit]:
+    def _physical_layer(self) -> interfaces.layers.DataLayerInterface:
         kernel = self.context.modules[self.config["kernel"]]
-        physical = self.context.layers[self.context.layers[kernel.layer_name].config["memory_layer"]]
-        self._physical_layer = physical
-        return {(pa, h.pattern, h.encoding): h
-                for pa, h in self.scan_physical(physical, patterns, self.config.get("chunk_size"),
-                                                self._progress_callback)}
+        return self.context.layers[self.context.layers[kernel.layer_name].config["memory_layer"]]
 
-    def _physical_only(self, linear, seen):
-        """Linear-scan hits that no process's VAD explains (freed or unmapped memory)."""
-        layer = self._physical_layer
+    def _linear_hits(self, physical: interfaces.layers.DataLayerInterface,
+                     patterns: PatternSet) -> Dict[Tuple[int, str, str], Hit]:
+        hits: Dict[Tuple[int, str, str], Hit] = {}
+        for pa, hit in self.scan_physical(physical, patterns, self.config.get("chunk_size"),
+                                          self._progress_callback):
+            if len(hits) >= MAX_LINEAR_HITS:
+                vollog.warning("--compare-physical: kept the first %d linear-scan hits only", MAX_LINEAR_HITS)
+                break
+            hits[(pa, hit.pattern, hit.encoding)] = hit
+        return hits
+
+    def _filtered(self) -> bool:
+        return any(self.config.get(key) for key in ("pid", "name", "vad_start", "address_range",
+                                                    "private_only", "executable_only"))
+
+    def _physical_only(self, layer: interfaces.layers.DataLayerInterface,
+                       linear: Dict[Tuple[int, str, str], Hit], seen: Set[Tuple[int, str, str]]):
+        """Linear-scan hits that no searched VAD explains (freed or unmapped memory, or
+        VADs the filters left out)."""
+        owner = ("(not in the searched VADs: other processes, kernel or freed memory)" if self._filtered()
+                 else "(no VAD owner: kernel or freed memory)")
         for (pa, pattern, encoding), hit in sorted(linear.items()):
             if (pa, pattern, encoding) in seen:
                 continue
-            start = max(0, pa - self.config.get("context", 64))
-            context = layer.read(start, pa + hit.length + self.config.get("context", 64) - start, pad=True)
+            start = max(0, pa - self._context_size())
+            context = layer.read(start, pa + hit.length + self._context_size() - start, pad=True)
             na = renderers.NotApplicableValue()
-            yield (0, (na, "(no VAD owner: kernel or freed memory)", na, na, na, na, na, na, format_hints.Hex(pa),
+            yield (0, (na, owner, na, na, na, na, na, na, format_hints.Hex(pa),
                        False, pattern, hit.kind, encoding, hit.length, format_hints.Hex(start),
                        format_hints.HexBytes(context), True))
 
@@ -200,6 +222,8 @@ class VadSearch(interfaces.plugins.PluginInterface):
         try:
             patterns = self._patterns()
             self._ranges()
+            if self.config.get("chunk_size") is not None and self.config["chunk_size"] < vadwalk.PAGE:
+                raise PatternError(f"--chunk-size must be at least {vadwalk.PAGE:#x}")
         except PatternError as exc:
             vollog.error("%s", exc)
             return renderers.TreeGrid(columns, iter(()))

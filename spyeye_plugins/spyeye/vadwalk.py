@@ -61,29 +61,79 @@ class VadFacts:
     protection: str
     private: bool
     file: Optional[str]
-    tag: str
+    image: bool = False  # an image section (VadImageMap), whether or not its file name was read
 
     @property
     def executable(self) -> bool:
         return "EXECUTE" in self.protection
 
+    @property
+    def size(self) -> int:
+        return self.end + 1 - self.start
 
-def vad_facts(vad, protect_values) -> Optional[VadFacts]:
-    """Read a VAD's range, protection and backing file; None if unreadable."""
+
+# MmProtectToValue's first eight entries, the same in every Windows version; used only when the
+# kernel's symbol table lacks the array (the cache/guard bits of the index are not shown then)
+_BASE_PROTECTIONS = ("PAGE_NOACCESS", "PAGE_READONLY", "PAGE_EXECUTE", "PAGE_EXECUTE_READ",
+                     "PAGE_READWRITE", "PAGE_WRITECOPY", "PAGE_EXECUTE_READWRITE", "PAGE_EXECUTE_WRITECOPY")
+
+
+def protection_values(context: interfaces.context.ContextInterface,
+                      kernel_module_name: str) -> Optional[List[int]]:
+    """The kernel's MmProtectToValue, or None (with a warning) when it cannot be read."""
+    kernel = context.modules[kernel_module_name]
     try:
-        file_name = vad.get_file_name()
-        protection = vad.get_protection(protect_values, vadinfo.winnt_protections)
-        return VadFacts(vad.get_start(), vad.get_end(), protection,
-                        bool(vad.get_private_memory()),
-                        file_name if isinstance(file_name, str) else None,
-                        vad.get_tag() or "")
-    except (exceptions.InvalidAddressException, AttributeError) as exc:
-        vollog.warning("skipping unreadable VAD at %#x: %s", vad.vol.offset, exc)
+        return vadinfo.VadInfo.protect_values(context, kernel.layer_name, kernel.symbol_table_name)
+    except (exceptions.SymbolError, exceptions.InvalidAddressException) as exc:
+        vollog.warning("MmProtectToValue unreadable (%s): VAD protections shown without cache/guard bits", exc)
         return None
 
 
-def process_vads(proc, protect_values) -> Iterator[VadFacts]:
-    """Each readable VAD of ``proc`` in address order."""
+def _protection(vad, protect_values: Optional[List[int]]) -> str:
+    if protect_values is None:
+        return _BASE_PROTECTIONS[int(vad.Protection or 0) & 7]
+    return vad.get_protection(protect_values, vadinfo.winnt_protections)
+
+
+def _file_name(vad) -> Optional[str]:
+    """The mapped file's name; None for private memory or when it cannot be read."""
+    try:
+        name = vad.get_file_name()
+    except (exceptions.InvalidAddressException, AttributeError):
+        return None
+    return name if isinstance(name, str) else None
+
+
+def _is_image(vad) -> bool:
+    """VadType == VadImageMap (Vista+), or the ImageMap flag (XP/2003)."""
+    for path in (("u", "VadFlags", "VadType"), ("Core", "u", "VadFlags", "VadType")):
+        try:
+            value = vad
+            for member in path:
+                value = getattr(value, member)
+            return int(value) == 2
+        except (AttributeError, exceptions.InvalidAddressException):
+            continue
+    try:
+        return bool(vad.u.VadFlags.ImageMap)
+    except (AttributeError, exceptions.InvalidAddressException):
+        return False
+
+
+def vad_facts(vad, protect_values: Optional[List[int]]) -> Optional[VadFacts]:
+    """Read a VAD's range, protection and backing file; None if its range is unreadable."""
+    try:
+        start, end = vad.get_start(), vad.get_end()
+        private = bool(vad.get_private_memory())
+        protection = _protection(vad, protect_values)
+    except (exceptions.InvalidAddressException, AttributeError) as exc:
+        vollog.warning("skipping unreadable VAD at %#x: %s", vad.vol.offset, exc)
+        return None
+    return VadFacts(start, end, protection, private, _file_name(vad), _is_image(vad))
+
+
+def process_vads(proc, protect_values: Optional[List[int]]) -> Iterator[VadFacts]:
+    """Each readable VAD of ``proc`` in address order (a warning when there is none)."""
     facts: List[VadFacts] = []
     try:
         for vad in vadinfo.VadInfo.list_vads(proc):
@@ -92,23 +142,43 @@ def process_vads(proc, protect_values) -> Iterator[VadFacts]:
                 facts.append(fact)
     except (exceptions.InvalidAddressException, RuntimeError) as exc:
         vollog.warning("VAD tree of PID %s is damaged (%s); using what was read", proc.UniqueProcessId, exc)
+    if not facts and proc.Peb:                  # kernel processes (System, Registry) have neither
+        vollog.warning("PID %s: no readable VAD (VAD root paged out or smeared)", proc.UniqueProcessId)
     return iter(sorted(facts, key=lambda f: f.start))
 
 
+def process_layer(proc) -> Optional[str]:
+    """The name of ``proc``'s address-space layer, or None (with a warning) if it has none."""
+    try:
+        return proc.add_process_layer()
+    except (exceptions.InvalidAddressException, TypeError) as exc:
+        vollog.warning("PID %s: no readable address space (%s)", proc.UniqueProcessId, exc)
+        return None
+
+
 def read_chunks(layer: interfaces.layers.DataLayerInterface, start: int, end: int,
-                chunk: int = DEFAULT_CHUNK, overlap: int = 0) -> Iterator[Tuple[int, bytes, int]]:
+                chunk: int = DEFAULT_CHUNK, overlap: int = 0,
+                skip_unmapped: bool = True) -> Iterator[Tuple[int, bytes, int]]:
     """Yield ``(address, data, owned)`` over [start, end]: ``data`` covers
     ``owned`` bytes plus up to ``overlap`` more, so a match that starts in the
     owned part is seen whole exactly once.  Unreadable pages read as zeros;
-    chunks with no page-table entry at all (reserved memory) are skipped."""
+    chunks with no page-table entry at all (reserved memory) are skipped
+    unless ``skip_unmapped`` is False (callers that need every byte in place)."""
+    if chunk <= 0:
+        raise ValueError(f"chunk size must be positive, not {chunk}")
     reader = PageTableReader(layer)
     address = start
     while address <= end:
         owned = min(chunk, end + 1 - address)
         length = min(owned + overlap, end + 1 - address)
-        if reader.mapped(address, length):
+        if not skip_unmapped or reader.mapped(address, length):
             yield address, reader.read(address, length), owned
         address += owned
+
+
+def read_range(layer: interfaces.layers.DataLayerInterface, start: int, length: int) -> bytes:
+    """``length`` bytes at ``start``, unreadable pages as zeros (keep ``length`` bounded)."""
+    return PageTableReader(layer).read(start, length)
 
 
 def resident(layer: interfaces.layers.DataLayerInterface, address: int, length: int) -> bool:

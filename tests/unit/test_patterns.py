@@ -27,7 +27,7 @@ class FakeLayer:
 
 def _scan(data: bytes, patterns: PatternSet, chunk: int, missing=()):
     from spyeye_plugins.spyeye.vadsearch import VadSearch
-    vad = vadwalk.VadFacts(0, len(data) - 1, "PAGE_READWRITE", True, None, "VadS")
+    vad = vadwalk.VadFacts(0, len(data) - 1, "PAGE_READWRITE", True, None)
     return [(a, h.pattern, h.encoding) for a, h in VadSearch.scan_vad(FakeLayer(data, missing), vad,
                                                                       patterns, chunk)]
 
