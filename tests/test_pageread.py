@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import gzip
+import random
+import struct
+from typing import Tuple
 
 import pytest
 from volatility3.framework import contexts
-from volatility3.framework.layers import physical
+from volatility3.framework.layers import intel, physical
 from volatility3.plugins.windows import pslist, vadinfo
 
-from spyeye_plugins.spyeye.pageread import PageTableReader, _physical_reader
+from spyeye_plugins.spyeye import vadwalk
+from spyeye_plugins.spyeye.pageread import PageTableReader, _physical_reader, _raw_file_descriptor
 from tests.vol_runner import construct
 
 
@@ -75,6 +79,7 @@ def test_kernel_large_and_non_paging_layers(process_layers, win7_image):
     assert reader.read(base, 0x3000) == layer.read(base, 0x3000, pad=True)
     physical = context.layers[layer.config["memory_layer"]]
     assert PageTableReader(physical).read(0x1000, 0x2000) == physical.read(0x1000, 0x2000, pad=True)
+    assert _raw_file_descriptor(physical) is not None       # a raw image is read with os.pread
 
 
 def test_compressed_image_is_read_through_volatility_not_raw_file(tmp_path, win7_image):
@@ -85,4 +90,84 @@ def test_compressed_image_is_read_through_volatility_not_raw_file(tmp_path, win7
     context = contexts.Context()
     context.config["gz.location"] = packed.as_uri()
     layer = physical.FileLayer(context, "gz", "gz")
+    assert _raw_file_descriptor(layer) is None
     assert _physical_reader(layer)(0x1000, 0x2000) == raw[0x1000:0x3000]
+
+
+def test_in_place_reads_keep_bytes_after_unmapped_megabytes_at_their_offset(process_layers, win7_image):
+    _, truth = win7_image
+    _, _, layers = process_layers
+    (plant,) = [p for p in truth["plants"] if p["label"] == "bot-huge-vad"]
+    layer = next(entry[1] for entry in layers if entry[0] == plant["pid"])
+    start = plant["vad_start"] - 0x200000                      # two unmapped MiB before the VAD
+    data = bytes.fromhex(plant["data"])
+    whole = vadwalk.read_range(layer, start, 0x400000)
+    assert len(whole) == 0x400000 and whole[plant["va"] - start:][:len(data)] == data
+    chunks = list(vadwalk.read_chunks(layer, start, start + 0x3FFFFF, skip_unmapped=False))
+    assert b"".join(d[:owned] for _, d, owned in chunks) == whole
+    assert [a for a, _, _ in vadwalk.read_chunks(layer, start, start + 0x3FFFFF)] == [plant["vad_start"]]
+
+
+def _random_tables(cls, rng: random.Random, frames: int = 512) -> Tuple[bytearray, int]:
+    """Physical memory with random paging structures of ``cls`` (valid, large, transition,
+    prototype, swapped and empty entries); returns (memory, DTB)."""
+    memory = bytearray(frames * 0x1000)
+    for frame in range(frames):
+        memory[frame * 0x1000:frame * 0x1000 + 8] = struct.pack("<Q", frame)   # tell pages apart
+    size = struct.calcsize(cls._entry_format)
+    free = list(range(16, frames))
+    rng.shuffle(free)
+    last = len(cls._structure) - 1
+
+    def table(level: int) -> int:
+        base = free.pop() * 0x1000
+        memory[base:base + 0x1000] = bytes(0x1000)
+        _, bits, large = cls._structure[level]
+        for index in rng.sample(range(1 << bits), min(1 << bits, 4 if level < last else 40)):
+            roll = rng.random()
+            if level < last:
+                if large and roll < .2:
+                    entry = (rng.randrange(frames * 0x1000) & ~((1 << (21 if size == 8 else 22)) - 1)) | 0x81
+                elif roll < .3:
+                    entry = rng.choice([0x800, 0x400, 0x1E, 0x80 | (5 << 12)])
+                else:
+                    entry = table(level + 1) | 0x7
+            else:
+                entry = rng.choice([free[rng.randrange(len(free))] * 0x1000 | 0x7,
+                                    rng.randrange(frames * 2) * 0x1000 | 0x800,      # transition
+                                    0x400 | rng.randrange(1 << 20) << 12,            # prototype
+                                    0x80 | rng.randrange(1, 1 << 10) << 12])         # swapped
+            struct.pack_into(cls._entry_format, memory, base + index * size, entry)
+        return base
+
+    if cls is intel.WindowsIntelPAE:                     # 4-entry PDPT, 32-byte aligned
+        dtb = free.pop() * 0x1000 + 0x20
+        for index in range(4):
+            struct.pack_into("<Q", memory, dtb + index * 8, table(1) | 0x1)
+        return memory, dtb
+    return memory, table(0)
+
+
+@pytest.mark.parametrize("cls", [intel.WindowsIntel, intel.WindowsIntelPAE, intel.WindowsIntel32e])
+def test_random_x86_pae_and_x64_page_tables_read_like_volatility(cls, tmp_path):
+    rng = random.Random(cls.__name__)
+    for trial in range(3):
+        memory, dtb = _random_tables(cls, rng)
+        path = tmp_path / f"{trial}.bin"
+        path.write_bytes(memory)
+        context = contexts.Context()
+        context.config["phys.location"] = path.as_uri()
+        context.layers.add_layer(physical.FileLayer(context, "phys", "phys"))
+        context.config["virt.memory_layer"], context.config["virt.page_map_offset"] = "phys", dtb
+        layer = cls(context, "virt", "virt")
+        context.layers.add_layer(layer)
+        top = layer.maximum_address
+        mapped = [m[0] for m in layer.mapping(0, top, ignore_errors=True)][:200]
+        assert mapped
+        reader = PageTableReader(layer)
+        for address in rng.sample(mapped, min(40, len(mapped))):
+            address = max(0, address + rng.randrange(-0x3000, 0x3000))
+            length = min(rng.choice([1, 100, 0x1000, 0x5000, 0x40000]), top + 1 - address)
+            expected = layer.read(address, length, pad=True)
+            assert reader.read(address, length) == expected, (cls.__name__, hex(address), hex(length))
+            assert reader.mapped(address, length) or not any(expected)

@@ -146,7 +146,21 @@ def _physical_reader(layer: interfaces.layers.DataLayerInterface) -> Callable[[i
             data = os.pread(fileno, max(0, min(size, limit - address)), address) if address < limit else b""
             return data.ljust(size, b"\0")
         return read_file
-    return lambda address, size: layer.read(address, size, pad=True)
+
+    def read_layer(address: int, size: int) -> bytes:
+        if layer.is_valid(address, size):
+            return layer.read(address, size, pad=True)
+        # partly outside the physical layer: as Volatility's mapping does, a page that is not
+        # wholly inside reads as zeros
+        out = bytearray(size)
+        position = address
+        while position < address + size:
+            step = min(address + size, (position | 0xFFF) + 1) - position
+            if layer.is_valid(position, step):
+                out[position - address:position - address + step] = layer.read(position, step, pad=True)
+            position += step
+        return bytes(out)
+    return read_layer
 
 
 def _raw_file_descriptor(layer: interfaces.layers.DataLayerInterface) -> Optional[int]:
@@ -155,6 +169,7 @@ def _raw_file_descriptor(layer: interfaces.layers.DataLayerInterface) -> Optiona
         return None
     try:
         handle = layer._file
+        handle = getattr(handle, "fp", handle)   # file:// URLs come wrapped in urllib's addinfourl
         if not isinstance(handle, (io.BufferedReader, io.FileIO)):
             return None                      # gzip/lzma/bz2 wrappers: fileno() is the compressed file
         fileno = handle.fileno()
