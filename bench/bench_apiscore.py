@@ -13,33 +13,19 @@ import argparse
 import csv
 import io
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import DEFAULT_IMAGE, ROOT, ensure_image, measure, vol  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
 
 from spyeye_plugins.spyeye.parsers import api_traits  # noqa: E402
 from spyeye_plugins.spyeye.parsers.api_hashes import HashIndex  # noqa: E402
 
 MIB = 1 << 20
-
-
-def run(cmd: List[str]) -> Tuple[float, float, str]:
-    """(seconds, peak RSS MiB, stdout) of a child process."""
-    start = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
-    rss_kb = int(proc.stderr.strip().splitlines()[-1])
-    return elapsed, rss_kb / 1024, proc.stdout
-
-
-def vol(*args: str) -> List[str]:
-    return [str(Path(sys.executable).parent / "vol"), "-q", "-p", str(ROOT / "spyeye_plugins"),
-            "-s", str(ROOT / "symbols"), "-r", "csv", *args]
 
 
 def totals(out: str) -> Dict[str, float]:
@@ -73,13 +59,11 @@ def parser_only() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--image", type=Path, default=ROOT / "images" / "bench-large.raw")
+    parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
     args = parser.parse_args()
-    if not args.image.exists():
-        subprocess.run([sys.executable, "-m", "fixtures", "build", "--scenario", "bench-large",
-                        "--out", str(args.image.parent)], check=True, cwd=ROOT)
+    ensure_image(args.image)
     image = str(args.image)
-    startup, _, _ = run(vol("-f", image, "windows.pslist"))
+    startup, _, _ = measure(vol("-f", image, "windows.pslist"))
     cases = {
         "spyeye.apiscore (default regions)": vol("-f", image, "spyeye.apiscore"),
         "spyeye.apiscore --all-exec": vol("-f", image, "spyeye.apiscore", "--all-exec"),
@@ -93,14 +77,14 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     walls = {}
     for name, cmd in cases.items():
-        seconds, rss, out = run(cmd)
+        seconds, rss, out = measure(cmd)
         t = totals(out)
         walls[name] = seconds
         net = max(seconds - startup, 1e-3)
         print(f"| {name} | {seconds:.1f} | {t['regions']} | {t['read']:.1f} | {t['decoded']:.2f} | "
               f"{t['instructions']} | {t['decoded'] / seconds:.2f} / {t['decoded'] / net:.2f} | {rss:.0f} | "
               f"{t['high']} |")
-    seconds, rss, out = run(vol("-f", image, "windows.malfind"))
+    seconds, rss, out = measure(vol("-f", image, "windows.malfind"))
     malfind_rows = sum(1 for r in csv.DictReader(io.StringIO(out)) if r.get("TreeDepth") == "0")
     walls["windows.malfind"] = seconds
     print(f"| windows.malfind | {seconds:.1f} | {malfind_rows} | - | - | - | - | {rss:.0f} | - |")

@@ -11,49 +11,33 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-ROOT = Path(__file__).resolve().parent.parent
-VOL = str(Path(sys.executable).parent / "vol")
+from common import DEFAULT_IMAGE, ensure_image, measure, vol
+
 
 
 def run(cmd: List[str]) -> Tuple[float, float, int]:
     """(seconds, peak RSS MiB, CSV data rows) of one child process."""
-    start = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], capture_output=True, text=True, cwd=ROOT)
-    elapsed = time.perf_counter() - start
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
-    rss_kb = int(proc.stderr.strip().splitlines()[-1])
-    rows = max(0, len([line for line in proc.stdout.splitlines() if line.strip()]) - 1)
-    return elapsed, rss_kb / 1024, rows
+    elapsed, rss, out = measure(cmd)
+    return elapsed, rss, max(0, len([line for line in out.splitlines() if line.strip()]) - 1)
 
 
 def cases(image: Path) -> Dict[str, List[str]]:
-    ours = ["-p", str(ROOT / "spyeye_plugins")]
-    stock = ["-s", str(ROOT / "symbols")]
     return {
-        "spyeye.timeline (process, thread, network, eventlog)":
-            [VOL, "-q", *ours, "-r", "csv", "-f", str(image), "spyeye.timeline"],
-        "stock timeliner (its own sources)":
-            [VOL, "-q", *stock, "-r", "csv", "-f", str(image), "timeliner"],
-        "stock timeliner with the suite loaded (+ our event-log source)":
-            [VOL, "-q", *ours, "-r", "csv", "-f", str(image), "timeliner"],
+        "spyeye.timeline (process, thread, network, eventlog)": vol("-f", str(image), "spyeye.timeline"),
+        "stock timeliner (its own sources)": vol("-f", str(image), "timeliner", suite=False),
+        "stock timeliner with the suite loaded (+ our event-log source)": vol("-f", str(image), "timeliner"),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--image", type=Path, default=ROOT / "images" / "bench-large.raw")
+    parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
     parser.add_argument("--repeat", type=int, default=3, help="runs per case (median reported)")
     args = parser.parse_args()
-    if not args.image.exists():
-        subprocess.run([sys.executable, "-m", "fixtures", "build", "--scenario", "bench-large",
-                        "--out", str(args.image.parent)], check=True, cwd=ROOT)
+    ensure_image(args.image)
     results: Dict[str, List[Tuple[float, float, int]]] = {name: [] for name in cases(args.image)}
     for _ in range(args.repeat):      # interleaved, so machine load affects every case alike
         for name, cmd in cases(args.image).items():

@@ -14,29 +14,14 @@ import csv
 import io
 import json
 import re
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Dict, Set, Tuple
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import DEFAULT_IMAGE, ensure_image, measure, vol
+
 KEYWORDS = ["__CLEANSWEEP__", "cleansweep.exe", "hooked_func", "globpluginspipe", "__SPYNET__",
             "PR_Write", "SPYNET_CHUNK_EDGE", "collector.example.net", "config.bin", "zXeRY3a_PtW"]
-
-
-def run(cmd) -> Tuple[float, float, str]:
-    """(seconds, peak RSS MiB, stdout) of a child process."""
-    start = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
-    rss_kb = int(proc.stderr.strip().splitlines()[-1])
-    return elapsed, rss_kb / 1024, proc.stdout
-
-
-def vol(*args) -> list:
-    return [str(Path(sys.executable).parent / "vol"), "-q", "-p", str(ROOT / "spyeye_plugins"),
-            "-s", str(ROOT / "symbols"), "-r", "csv", *args]
 
 
 def vad_bytes(truth: Dict) -> int:
@@ -71,11 +56,9 @@ def vol_hits(out: str, pid_col: str, addr_col: str) -> Set[Tuple[int, int]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--image", type=Path, default=ROOT / "images" / "bench-large.raw")
+    parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
     args = parser.parse_args()
-    if not args.image.exists():
-        subprocess.run([sys.executable, "-m", "fixtures", "build", "--scenario", "bench-large",
-                        "--out", str(args.image.parent)], check=True, cwd=ROOT)
+    ensure_image(args.image)
     truth = json.loads(args.image.with_name(args.image.stem + ".truth.json").read_text())
     rule = "rule kw { strings: " + " ".join(
         f'$k{i} = "{k}" ascii wide' for i, k in enumerate(KEYWORDS)) + " condition: any of them }"
@@ -95,7 +78,7 @@ def main() -> None:
               f"[print(i.offset) for x in r.match({image!r}) for s in x.strings for i in s.instances]"],
              None),
     }
-    startup, _, _ = run(vol("-f", image, "windows.pslist"))
+    startup, _, _ = measure(vol("-f", image, "windows.pslist"))
     total = vad_bytes(truth) / 1e6
     expected = planted(truth)
     print(f"image: {args.image.name}, {args.image.stat().st_size / 2**20:.0f} MiB, committed VAD data "
@@ -106,7 +89,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     rates, misses = {}, {}
     for name, (cmd, columns) in cases.items():
-        seconds, rss, out = run(cmd)
+        seconds, rss, out = measure(cmd)
         if columns:
             found = vol_hits(out, *columns)
             missed = sorted(label for key, (label, _) in expected.items() if key not in found)
