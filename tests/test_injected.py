@@ -169,6 +169,11 @@ def test_known_spyeye_names_are_tagged(win7_image, regions):
                 assert child["Known"] is None
     explorer = regions[(1484, 0x0B000000)][1]
     assert sum(r["Known"] is not None for r in explorer) == 19
+    tags = {key: parent["Known"] for key, (parent, _) in regions.items()}
+    assert list(tags.values()).count("SpyEye plugin module name") >= 4  # explorer, firefox, iexplore, bot
+    assert {key for key, tag in tags.items() if tag == "SpyEye plugin module name"} == \
+        {key for key, (parent, _) in regions.items() if parent["DLL Name"] == "ccgrabber.dll"}
+    assert tags[(1484, 0x0C100000)] is None                      # imgutil.dll, not a SpyEye name
 
 
 def test_all_exec_reports_every_private_executable_vad(win7_image):

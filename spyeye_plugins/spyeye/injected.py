@@ -265,7 +265,7 @@ class InjectedImages(interfaces.plugins.PluginInterface):
         return (pid, name, format_hints.Hex(vad.start), format_hints.Hex(vad.end), vad.protection,
                 vad.private, vadwalk.optional(vad.file), "; ".join(candidate.reasons), *pe_values,
                 "; ".join(pe.warnings) if pe else "", self._dump(pid, candidate),
-                na, na, na, na, na, na)
+                na, na, na, na, na, vadwalk.optional(known_module(pe.dll_name if pe else None)))
 
     @staticmethod
     def _export_row(pid: int, name: str, vad: vadwalk.VadFacts, export: ExportEntry) -> tuple:
@@ -318,6 +318,13 @@ class InjectedImages(interfaces.plugins.PluginInterface):
 def known_tag(name: Optional[str]) -> Optional[str]:
     """What the known-names data says about an export name, if anything."""
     return known_names.export_tag(name) if name else None
+
+
+def known_module(dll_name: Optional[str]) -> Optional[str]:
+    """A tag when the export directory's DLL name is a known SpyEye plugin module name."""
+    if dll_name and dll_name.lower() in known_names.plugin_module_names():
+        return "SpyEye plugin module name"
+    return None
 
 
 def _hex(value: Optional[int]):
