@@ -5,6 +5,8 @@ import csv
 import io
 import json
 import re
+import shutil
+import subprocess
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -336,6 +338,22 @@ def test_every_renderer_prints_flags_and_the_rows_they_rest_on(win7_image, rende
     for text in ("after-exit", "psscan only (exited, not in the active list)",
                  "198.51.100.23:8080", "2011-11-27"):
         assert text in out.stdout, (renderer, text)
+
+
+@pytest.mark.skipif(shutil.which("mactime") is None, reason="The Sleuth Kit's mactime is not installed")
+def test_mactime_reads_the_body_file_one_dated_line_per_row(win7_image, tmp_path):
+    image, _ = win7_image
+    rows = run_plugin(image, PLUGIN, {"source": ["process", "network"], "body_file": "t.body"})
+    (tmp_path / "t.body").write_bytes(FileCollector.files["t.body"])
+    out = subprocess.run(["mactime", "-b", str(tmp_path / "t.body"), "-d", "-z", "UTC"],
+                         capture_output=True, text=True, check=True)
+    lines = list(csv.reader(io.StringIO(out.stdout)))[1:]
+    assert len(lines) == len(rows) and all(line[2] == "macb" for line in lines)
+    names = [f"[{r['Source']} {r['Action']}] {r['Time'].isoformat()} PID {r['PID']} {r['Process'] or ''} "
+             f"{r['Detail']} ({r['Provenance']})".replace("|", "/") for r in rows]
+    assert sorted(line[7] for line in lines) == sorted(names)
+    dates = [datetime.strptime(line[0], "%a %b %d %Y %H:%M:%S").replace(tzinfo=timezone.utc) for line in lines]
+    assert dates == sorted(r["Time"].replace(microsecond=0) for r in rows)
 
 
 def test_body_file_goes_through_the_plugin_file_handler(win7_image):

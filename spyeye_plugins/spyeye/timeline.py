@@ -30,7 +30,6 @@ OVERLAP = eventlog.CHUNK_SIZE              # a chunk starting in a window is rea
 # Record magics (every non-empty EVTX chunk holds records), searched without their NUL
 # bytes: bytes.find is slow on needles ending in NUL over zeroed pages.
 MAGICS = ((b"**", b"\0\0"), (b"LfLe", b""))
-BODY_FIELD = {"created": 10, "connected": 10, "listening": 10, "exited": 9, "logged": 8}
 
 
 @dataclass(frozen=True)
@@ -536,8 +535,8 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
     def _write_body(self, events: Sequence[Event]) -> None:
         lines = []
         for event in events:
-            times = ["0"] * 4
-            times[BODY_FIELD[event.action] - 7] = str(int(event.time.timestamp()))
+            times = [str(int(event.time.timestamp()))] * 4   # as Volatility 2's body output: mactime
+            # lists a 0 time as an undated entry, so every time field carries the event's time
             name = (f"[{event.source} {event.action}] {event.time.isoformat()} PID {event.pid} "
                     f"{event.process or ''} {event.detail} ({event.provenance})").replace("|", "/")
             lines.append("|".join(["0", name, "0", "0", "0", "0", "0", *times]) + "\n")
