@@ -100,15 +100,23 @@ def test_planted_image_flagged_with_reason_pe_facts_and_exact_exports(win7_image
     assert _row_exports(children) == expected
 
 
-def test_unlinked_image_vad_flagged_with_lists_and_exact_exports(win7_image, regions):
+@pytest.mark.parametrize("pid,machine,dll", [(3012, "x64", "ordinals_x64.dll"),    # native PEB lists
+                                              (2356, "x86", "ordinals_x86.dll")])   # WoW64: PEB32 lists
+def test_unlinked_image_vad_flagged_with_lists_and_exact_exports(win7_image, regions, pid, machine, dll):
     _, truth = win7_image
-    (module,) = [m for m in _unlinked_modules(truth) if m["pid"] == 3012]
-    row, children = regions[(3012, module["base"])]
+    (module,) = [m for m in _unlinked_modules(truth) if m["pid"] == pid]
+    row, children = regions[(pid, module["base"])]
     assert row["Reason"].startswith("image VAD not in load/memory/init order lists; MZ present")
     assert row["Private"] is False and row["Protection"] == "PAGE_EXECUTE_WRITECOPY"
     assert row["File"] == module["path"][2:]
-    assert (row["Machine"], row["DLL Name"], row["Size"]) == ("x64", "ordinals.dll", module["size"])
-    assert _row_exports(children) == _pefile_exports(_pefile("ordinals_x64.dll"), module["base"])
+    assert (row["Machine"], row["DLL Name"], row["Size"]) == (machine, "ordinals.dll", module["size"])
+    assert _row_exports(children) == _pefile_exports(_pefile(dll), module["base"])
+
+
+def test_wow64_dlls_in_the_peb32_lists_are_silent(win7_image, regions):
+    _, truth = win7_image
+    syswow64 = [(m["pid"], m["base"]) for m in truth["modules"] if m["wow64"] and all(m["in_lists"])]
+    assert len(syswow64) >= 8 and not set(syswow64) & set(regions)
 
 
 def test_wiped_magic_reported_as_evidence(win7_image, regions):
@@ -190,7 +198,7 @@ def test_all_exec_reports_every_private_executable_vad(win7_image):
 
 
 @pytest.mark.parametrize("config,expected", [
-    ({"pid": [2356]}, [(2356, 0x0B000000)]),
+    ({"pid": [2356]}, [(2356, 0x0B000000), (2356, 0x0B100000)]),
     ({"name": ["iexplore.exe"]}, [(2172, 0x0B000000), (2172, 0x0B100000)]),
 ])
 def test_pid_and_name_filters(win7_image, config, expected):
@@ -244,7 +252,7 @@ def test_json_output_nests_exports_under_regions(win7_image, tmp_path):
     out = run_cli("-r", "json", "-o", str(tmp_path), "-f", str(image), "spyeye.injected",
                "--pid", "2356", "--dump")
     assert "Traceback" not in out.stderr
-    (row,) = json.loads(out.stdout)
+    row = json.loads(out.stdout)[0]
     assert (row["PID"], row["VAD Start"], row["Machine"], row["DLL Name"]) == \
         (2356, 0x0B000000, "x86", "ccgrabber.dll")
     assert row["Timestamp"] == "2011-03-15T12:00:00+00:00"
