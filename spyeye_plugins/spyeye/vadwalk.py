@@ -89,14 +89,25 @@ def protection_values(context: interfaces.context.ContextInterface,
         return None
 
 
-def _protection(vad, protect_values: Optional[List[int]]) -> str:
+def _vad_flags(vad):
+    """The VAD's VadFlags (``u.VadFlags``; ``Core.u.VadFlags`` from Windows 8), or None."""
+    if vad.has_member("u") and vad.u.has_member("VadFlags"):
+        return vad.u.VadFlags
+    if vad.has_member("Core") and vad.Core.has_member("u") and vad.Core.u.has_member("VadFlags"):
+        return vad.Core.u.VadFlags
+    return None
+
+
+def _protection(index: int, protect_values: Optional[List[int]]) -> str:
+    """The PAGE_* names of a VAD protection index (as ``MMVAD.get_protection`` gives them)."""
     if protect_values is None:
-        return _BASE_PROTECTIONS[int(vad.Protection or 0) & 7]
-    return vad.get_protection(protect_values, vadinfo.winnt_protections)
+        return _BASE_PROTECTIONS[index & 7]
+    value = protect_values[index] if 0 <= index < len(protect_values) else 0
+    return "|".join(name for name, mask in vadinfo.winnt_protections.items() if value & mask)
 
 
 def _file_name(vad) -> Optional[str]:
-    """The mapped file's name; None for private memory or when it cannot be read."""
+    """The mapped file's name; None when it cannot be read."""
     try:
         name = vad.get_file_name()
     except (exceptions.InvalidAddressException, AttributeError):
@@ -104,32 +115,28 @@ def _file_name(vad) -> Optional[str]:
     return name if isinstance(name, str) else None
 
 
-def _is_image(vad) -> bool:
+def _is_image(flags) -> bool:
     """VadType == VadImageMap (Vista+), or the ImageMap flag (XP/2003)."""
-    for path in (("u", "VadFlags", "VadType"), ("Core", "u", "VadFlags", "VadType")):
-        try:
-            value = vad
-            for member in path:
-                value = getattr(value, member)
-            return int(value) == 2
-        except (AttributeError, exceptions.InvalidAddressException):
-            continue
-    try:
-        return bool(vad.u.VadFlags.ImageMap)
-    except (AttributeError, exceptions.InvalidAddressException):
-        return False
+    if flags.has_member("VadType"):
+        return int(flags.VadType) == 2
+    return flags.has_member("ImageMap") and bool(flags.ImageMap)
 
 
 def vad_facts(vad, protect_values: Optional[List[int]]) -> Optional[VadFacts]:
-    """Read a VAD's range, protection and backing file; None if its range is unreadable."""
+    """Read a VAD's range, protection and backing file; None if its range is unreadable.
+    The flags are read once (Volatility's per-field helpers re-read them for every field)."""
     try:
         start, end = vad.get_start(), vad.get_end()
-        private = bool(vad.get_private_memory())
-        protection = _protection(vad, protect_values)
+        flags = _vad_flags(vad)
+        if flags is None:
+            raise AttributeError("no VadFlags member")
+        private = bool(flags.PrivateMemory if flags.has_member("PrivateMemory") else vad.get_private_memory())
+        protection = _protection(int(flags.Protection), protect_values)
+        image = _is_image(flags)
     except (exceptions.InvalidAddressException, AttributeError) as exc:
         vollog.warning("skipping unreadable VAD at %#x: %s", vad.vol.offset, exc)
         return None
-    return VadFacts(start, end, protection, private, _file_name(vad), _is_image(vad))
+    return VadFacts(start, end, protection, private, None if private else _file_name(vad), image)
 
 
 def process_vads(proc, protect_values: Optional[List[int]]) -> Iterator[VadFacts]:

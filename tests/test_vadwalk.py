@@ -1,0 +1,37 @@
+"""The shared VAD walker reports what Volatility's own VAD helpers report."""
+from __future__ import annotations
+
+from volatility3.plugins.windows import pslist, vadinfo
+
+from spyeye_plugins.spyeye import vadwalk
+from tests.vol_runner import construct
+
+
+def test_vad_facts_match_volatility_helpers_for_every_vad(win7_image):
+    image, truth = win7_image
+    plugin = construct(image, "windows.pslist.PsList")
+    context, kernel_name = plugin.context, plugin.config["kernel"]
+    protect = vadwalk.protection_values(context, kernel_name)
+    compared = 0
+    for proc in pslist.PsList.list_processes(context, kernel_name):
+        for vad in vadinfo.VadInfo.list_vads(proc):
+            facts = vadwalk.vad_facts(vad, protect)
+            name = vad.get_file_name()
+            assert (facts.start, facts.end, facts.protection, facts.private, facts.file) == (
+                vad.get_start(), vad.get_end(), vad.get_protection(protect, vadinfo.winnt_protections),
+                bool(vad.get_private_memory()), name if isinstance(name, str) else None)
+            compared += 1
+    linked = {p["pid"] for p in truth["processes"] if p["linked"]}
+    assert compared == len([v for v in truth["vads"] if v["pid"] in linked])
+
+
+def test_image_flag_and_sizes_from_the_truth(win7_image):
+    image, truth = win7_image
+    plugin = construct(image, "windows.pslist.PsList")
+    context, kernel_name = plugin.context, plugin.config["kernel"]
+    protect = vadwalk.protection_values(context, kernel_name)
+    proc = next(p for p in pslist.PsList.list_processes(context, kernel_name) if p.UniqueProcessId == 2356)
+    facts = {f.start: f for f in vadwalk.process_vads(proc, protect)}
+    modules = {m["base"] for m in truth["modules"] if m["pid"] == 2356}
+    assert {start for start, f in facts.items() if f.image} == modules
+    assert all(f.size == f.end + 1 - f.start for f in facts.values())
