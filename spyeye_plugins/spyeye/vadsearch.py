@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Set, Tuple
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 from volatility3.framework import interfaces, renderers
 from volatility3.framework.configuration import requirements
@@ -20,6 +22,25 @@ vollog = logging.getLogger(__name__)
 
 MAX_CONTEXT = 0x1000          # bytes of context either side of a hit, at most
 MAX_LINEAR_HITS = 1_000_000   # --compare-physical keeps at most this many linear-scan hits
+
+
+READ_AHEAD = 3   # chunks read while the oldest one is being matched (memory: 4 chunks at most)
+
+
+def _scanned_ahead(chunks: Iterable[Tuple[Any, bytes, int]],
+                   patterns: PatternSet) -> Iterator[Tuple[Any, int, List[Hit]]]:
+    """``(meta, owned, hits)`` for each ``(meta, data, owned)`` chunk, in order.  Matching runs
+    in a worker thread (YARA releases the GIL) while the next chunks are read."""
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        queue: Deque = deque()
+        for meta, data, owned in chunks:
+            queue.append((meta, owned, worker.submit(lambda data=data: list(patterns.scan(data)))))
+            if len(queue) > READ_AHEAD:
+                meta0, owned0, future = queue.popleft()
+                yield meta0, owned0, future.result()
+        while queue:
+            meta0, owned0, future = queue.popleft()
+            yield meta0, owned0, future.result()
 
 
 class VadSearch(interfaces.plugins.PluginInterface):
@@ -106,11 +127,24 @@ class VadSearch(interfaces.plugins.PluginInterface):
                  chunk: int = vadwalk.DEFAULT_CHUNK) -> Iterator[Tuple[int, Hit]]:
         """(virtual address, hit) for each match in ``vad``, each exactly once;
         matches touching a non-resident page are dropped."""
+        for _, _, _, address, hit in cls.scan_spaces([(None, layer, vad)], patterns, chunk):
+            yield address, hit
+
+    @staticmethod
+    def scan_spaces(spaces: Iterable[Tuple[Any, Any, vadwalk.VadFacts]], patterns: PatternSet,
+                    chunk: int = vadwalk.DEFAULT_CHUNK) -> Iterator[Tuple[Any, Any, vadwalk.VadFacts, int, Hit]]:
+        """``(key, layer, vad, address, hit)`` for each match in each ``(key, layer, vad)``, in
+        order, as :meth:`scan_vad` finds them; reading (and walking ``spaces``) overlaps matching."""
         overlap = patterns.max_length - 1
-        for address, data, owned in vadwalk.read_chunks(layer, vad.start, vad.end, chunk, overlap):
-            for hit in sorted(patterns.scan(data), key=lambda h: (h.offset, h.pattern, h.encoding)):
+
+        def chunks():
+            for key, layer, vad in spaces:
+                for address, data, owned in vadwalk.read_chunks(layer, vad.start, vad.end, chunk, overlap):
+                    yield (key, layer, vad, address), data, owned
+        for (key, layer, vad, address), owned, hits in _scanned_ahead(chunks(), patterns):
+            for hit in sorted(hits, key=lambda h: (h.offset, h.pattern, h.encoding)):
                 if hit.offset < owned and vadwalk.resident(layer, address + hit.offset, hit.length):
-                    yield address + hit.offset, hit
+                    yield key, layer, vad, address + hit.offset, hit
 
     @classmethod
     def scan_physical(cls, layer, patterns: PatternSet, chunk: int = vadwalk.DEFAULT_CHUNK,
@@ -152,30 +186,31 @@ class VadSearch(interfaces.plugins.PluginInterface):
         linear = self._linear_hits(physical, patterns) if self.config.get("compare_physical") else None
         seen_physical: Set[Tuple[int, str, str]] = set()
         max_hits, count = self.config.get("max_hits") or 0, 0
+        spaces = self._spaces(protect, ranges)
+        for proc_info, layer, vad, address, hit in self.scan_spaces(spaces, patterns, self.config.get("chunk_size")):
+            pages = vadwalk.physical_pages(layer, address, hit.length)
+            seen_physical.add((pages[0], hit.pattern, hit.encoding))
+            yield self._hit_row(proc_info, layer, vad, address, hit, pages, linear)
+            count += 1
+            if max_hits and count >= max_hits:
+                vollog.warning("stopped after --max-hits %d hits", max_hits)
+                return
+        if linear is not None:
+            yield from self._physical_only(physical, linear, seen_physical)
+
+    def _spaces(self, protect: Optional[List[int]], ranges: List[Tuple[int, int]]) -> Iterator[Tuple]:
+        """``((pid, name), layer, vad)`` for each wanted VAD of each selected process."""
         procs = vadwalk.selected_processes(self.context, self.config["kernel"], self.config.get("pid"),
                                            self.config.get("name"))
         for index, proc in enumerate(procs):
-            pid = int(proc.UniqueProcessId)
-            name = vadwalk.process_name(proc)
+            pid, name = int(proc.UniqueProcessId), vadwalk.process_name(proc)
             layer_name = vadwalk.process_layer(proc)
             if layer_name is None:
                 continue
-            layer = self.context.layers[layer_name]
+            self._progress_callback(100.0 * index / max(len(procs), 1), f"Searching PID {pid}")
             for vad in vadwalk.process_vads(proc, protect):
-                if not self._wanted(vad, ranges):
-                    continue
-                self._progress_callback(100.0 * index / max(len(procs), 1),
-                                        f"Searching PID {pid} VAD {vad.start:#x}")
-                for address, hit in self.scan_vad(layer, vad, patterns, self.config.get("chunk_size")):
-                    pages = vadwalk.physical_pages(layer, address, hit.length)
-                    seen_physical.add((pages[0], hit.pattern, hit.encoding))
-                    yield self._hit_row((pid, name), layer, vad, address, hit, pages, linear)
-                    count += 1
-                    if max_hits and count >= max_hits:
-                        vollog.warning("stopped after --max-hits %d hits", max_hits)
-                        return
-        if linear is not None:
-            yield from self._physical_only(physical, linear, seen_physical)
+                if self._wanted(vad, ranges):
+                    yield (pid, name), self.context.layers[layer_name], vad
 
     def _physical_layer(self) -> interfaces.layers.DataLayerInterface:
         kernel = self.context.modules[self.config["kernel"]]

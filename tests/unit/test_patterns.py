@@ -84,3 +84,20 @@ def test_contiguity():
     assert vadwalk.contiguous([0x5000, 0x6000])
     assert not vadwalk.contiguous([0x5000, 0x9000])
     assert not vadwalk.contiguous([0x5000, None])
+
+
+def test_several_vads_scanned_ahead_give_hits_in_order_with_their_keys():
+    from spyeye_plugins.spyeye.vadsearch import VadSearch
+    data = bytearray(0x40000)
+    spots = [0x0FF0, 0x9000, 0x1FFFC, 0x20010, 0x3F000]          # some on chunk edges
+    for spot in spots:
+        data[spot:spot + 6] = b"SpyEye"
+    layer = FakeLayer(bytes(data))
+    vads = [vadwalk.VadFacts(start, start + 0xFFFF, "PAGE_READWRITE", True, None)
+            for start in range(0, 0x40000, 0x10000)]
+    found = [(key, vad.start, address) for key, _, vad, address, _ in VadSearch.scan_spaces(
+        [(f"vad{i}", layer, vad) for i, vad in enumerate(vads)], PatternSet(keywords=["SpyEye"],
+                                                                            encodings=["ascii"]), 0x1000)]
+    # the hit at 0x1FFFC straddles two VADs: each VAD reads only its own bytes, so it is not found
+    assert found == [("vad0", 0x0, 0x0FF0), ("vad0", 0x0, 0x9000), ("vad2", 0x20000, 0x20010),
+                     ("vad3", 0x30000, 0x3F000)]
