@@ -349,8 +349,9 @@ def test_mactime_reads_the_body_file_one_dated_line_per_row(win7_image, tmp_path
                          capture_output=True, text=True, check=True)
     lines = list(csv.reader(io.StringIO(out.stdout)))[1:]
     assert len(lines) == len(rows) and all(line[2] == "macb" for line in lines)
-    names = [f"[{r['Source']} {r['Action']}] {r['Time'].isoformat()} PID {r['PID']} {r['Process'] or ''} "
-             f"{r['Detail']} ({r['Provenance']})".replace("|", "/") for r in rows]
+    names = [" ".join(f"[{r['Source']} {r['Action']}] {r['Time'].isoformat()} PID "
+                      f"{'-' if r['PID'] is None else r['PID']} {r['Process'] or ''} {r['Detail']} "
+                      f"({r['Provenance']})".split()).replace("|", "/") for r in rows]
     assert sorted(line[7] for line in lines) == sorted(names)
     dates = [datetime.strptime(line[0], "%a %b %d %Y %H:%M:%S").replace(tzinfo=timezone.utc) for line in lines]
     assert dates == sorted(r["Time"].replace(microsecond=0) for r in rows)
@@ -395,3 +396,54 @@ def test_stock_timeliner_picks_up_the_event_log_source(win7_image, rows):
     assert {r["Plugin"] for r in ours} == {"Timeline"}
     assert sorted(r["Description"][len("EventLog: "):] for r in ours) == sorted(
         f"{r['Detail']} [{r['Provenance']}]" for r in want)
+
+
+# --------------------------------------------------------------------------- correlation edges
+
+
+def _at(minute: int, source: str, action: str, pid, process="p.exe", detail="d"):
+    return timeline.Event(datetime(2011, 11, 27, 9, minute, tzinfo=timezone.utc), source, action, pid,
+                          process, detail, "test")
+
+
+def test_pid_reuse_does_not_flag_carved_records_after_exit():
+    events = [_at(0, "process", "created", 780, "updater.exe", "first"),
+              _at(1, "process", "exited", 780, "updater.exe", "first"),
+              _at(5, "process", "created", 780, "svchost.exe", "second"),
+              _at(3, "eventlog", "logged", 780, "svchost.exe"),        # found in svchost's memory
+              _at(3, "network", "connected", 780, "svchost.exe")]      # a real event of PID 780
+    flags = timeline.Timeline.correlate(events, 10, 5, 1)
+    assert [(f.rule, f.basis[-1].source) for f in flags] == [("after-exit", "network")]
+
+
+def test_connection_without_owner_is_not_tied_to_a_process_start():
+    events = [_at(0, "process", "created", 3012, "cleansweep.exe"),
+              _at(0, "network", "connected", None, None, "TCPv4 closed, owner freed")]
+    assert timeline.Timeline.correlate(events, 600, 5, 1) == []
+
+
+def test_evt_record_without_times_is_skipped_and_written_time_stands_in():
+    parsers_eventlog = plugin_module("spyeye.parsers.eventlog")
+    epoch, written = datetime.fromtimestamp(0, timezone.utc), datetime(2011, 11, 27, 9, tzinfo=timezone.utc)
+    record = parsers_eventlog.EvtRecord(offset=0, record_id=7, time_generated=epoch, time_written=written,
+                                        event_id=7036, event_id_full=7036, event_type=4, category=0,
+                                        source_name="SCM", computer="XP", strings=[], user_sid=None, data=b"")
+    found = timeline.Found(record, None, 780, "svchost.exe", "PID 780 @ 0x1000")
+    assert timeline.Timeline.record_event(found).time == written
+    record.time_written = epoch
+    assert timeline.Timeline.record_event(found) is None
+
+
+def test_body_file_line_stays_one_line_when_log_strings_hold_newlines():
+    written = {}
+
+    class Handle(io.BytesIO):
+        def __exit__(self, *exc):
+            written["body"] = self.getvalue()
+            return super().__exit__(*exc)
+    plugin = type("FakePlugin", (), {"config": {"body_file": "b"}, "open": lambda self, name: Handle()})()
+    event = _at(3, "eventlog", "logged", None, None, "System 7036 (record 9): line1\r\nline2|x\tend")
+    timeline.Timeline._write_body(plugin, [event])
+    (line,) = written["body"].decode().splitlines()
+    fields = line.split("|")
+    assert len(fields) == 11 and "line1 line2/x end" in fields[1] and "PID - " in fields[1]

@@ -423,9 +423,12 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
         """The timeline row of a carved record (None when it has no time)."""
         record = found.record
         if isinstance(record, eventlog.EvtRecord):
+            when = next((t for t in (record.time_generated, record.time_written) if t.timestamp() > 0), None)
+            if when is None:
+                return None                     # TimeGenerated and TimeWritten both 0
             detail = (f"{record.computer} {record.source_name} {record.event_id} (record "
                       f"{record.record_id}, EVT): {'; '.join(record.strings)}")
-            return Event(record.time_generated, "eventlog", "logged", found.pid, found.process,
+            return Event(when, "eventlog", "logged", found.pid, found.process,
                          detail, f"evt record in {found.where}")
         if record.time is None:
             return None
@@ -537,8 +540,10 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
         for event in events:
             times = [str(int(event.time.timestamp()))] * 4   # as Volatility 2's body output: mactime
             # lists a 0 time as an undated entry, so every time field carries the event's time
-            name = (f"[{event.source} {event.action}] {event.time.isoformat()} PID {event.pid} "
-                    f"{event.process or ''} {event.detail} ({event.provenance})").replace("|", "/")
+            name = (f"[{event.source} {event.action}] {event.time.isoformat()} PID "
+                    f"{'-' if event.pid is None else event.pid} {event.process or ''} {event.detail} "
+                    f"({event.provenance})")
+            name = " ".join(name.split()).replace("|", "/")    # one line: log strings hold CR/LF
             lines.append("|".join(["0", name, "0", "0", "0", "0", "0", *times]) + "\n")
         with self.open(self.config["body_file"]) as handle:
             handle.write("".join(lines).encode("utf-8"))
@@ -610,7 +615,7 @@ def _connect_after_start(events: Sequence[Event], window: float) -> List[Flag]:
         lo = bisect.bisect_left(times, conn.time - timedelta(seconds=window))
         hi = bisect.bisect_right(times, conn.time)
         for start in starts[lo:hi]:
-            if start.pid == conn.pid:
+            if conn.pid is None or start.pid == conn.pid:   # owner unknown: nothing to relate
                 continue
             gap = (conn.time - start.time).total_seconds()
             flags.append(Flag(conn.time, "connect-after-start", conn.pid, conn.process,
@@ -656,7 +661,8 @@ def _after_exit(events: Sequence[Event]) -> List[Flag]:
             lives.setdefault(pid, []).append((start.time, end.time if end else None, end or start))
     flags = []
     for event in events:
-        if event.source == "process" or event.pid not in lives:
+        # a carved record's PID is the process whose memory held it, not the one that logged it
+        if event.source in ("process", "eventlog") or event.pid not in lives:
             continue
         spans = lives[event.pid]
         alive = any(start <= event.time and (end is None or event.time <= end) for start, end, _ in spans)
