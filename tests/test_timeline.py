@@ -447,3 +447,16 @@ def test_body_file_line_stays_one_line_when_log_strings_hold_newlines():
     (line,) = written["body"].decode().splitlines()
     fields = line.split("|")
     assert len(fields) == 11 and "line1 line2/x end" in fields[1] and "PID - " in fields[1]
+
+
+def test_threads_are_named_after_the_process_alive_when_they_started():
+    events = [_at(0, "process", "created", 780, "updater.exe", "first"),
+              _at(1, "process", "exited", 780, "updater.exe", "first"),
+              _at(5, "process", "created", 780, "svchost.exe", "second")]
+    owner = timeline.process_at(events, {780: "svchost.exe"})
+    assert owner(780, events[0].time + timedelta(seconds=30)) == "updater.exe"
+    assert owner(780, events[2].time + timedelta(seconds=1)) == "svchost.exe"
+    assert owner(780, events[1].time + timedelta(seconds=60)) == "svchost.exe"    # between lives
+    threads = [timeline.Event(events[0].time + timedelta(seconds=50 + i * 0.1), "thread", "created", 780,
+                              "updater.exe" if i < 3 else "svchost.exe", f"TID {i}", "t") for i in range(6)]
+    assert timeline.Timeline.correlate(threads, 10, 5, 1) == []          # 3 + 3, not one burst of 6

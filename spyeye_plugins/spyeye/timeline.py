@@ -264,9 +264,9 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
     # --- threads ----------------------------------------------------------------
     @classmethod
     def thread_events(cls, context: interfaces.context.ContextInterface, kernel_name: str,
-                      listed: Sequence, names: Dict[int, str]) -> List[Event]:
+                      listed: Sequence, owner: Callable[[int, datetime], Optional[str]]) -> List[Event]:
         """Created/exited events of threads in the ``listed`` processes' thread
-        lists or in the pool."""
+        lists or in the pool; ``owner(pid, created)`` names the process."""
         merged: Dict[Tuple[int, int], Dict] = {}
         for proc in listed:
             try:
@@ -285,8 +285,8 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
             detail = f"TID {info['tid']}, start {info['start']:#x}, Win32 start {info['win32']:#x}"
             for action, when in (("created", info["create"]), ("exited", info["exit"])):
                 if when:
-                    events.append(Event(when, "thread", action, info["pid"], names.get(info["pid"]),
-                                        detail, provenance))
+                    events.append(Event(when, "thread", action, info["pid"],
+                                        owner(info["pid"], info["create"]), detail, provenance))
         return events
 
     @staticmethod
@@ -482,7 +482,7 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
         events = self.process_events(self.context, kernel, listed, scanned)
         names = {int(p.UniqueProcessId): vadwalk.process_name(p) for p in [*scanned, *listed]}
         if "thread" in sources:
-            events += self.thread_events(self.context, kernel, listed, names)
+            events += self.thread_events(self.context, kernel, listed, process_at(events, names))
         if "network" in sources:
             events += self.network_events(self.context, kernel, self.config_path, names)
         if "eventlog" in sources:
@@ -598,6 +598,21 @@ def _virtual_process(context, kernel_name: str, proc):
     return None
 
 
+def process_at(events: Sequence[Event], names: Dict[int, str]) -> Callable[[int, datetime], Optional[str]]:
+    """``owner(pid, when)``: the name of the process with ``pid`` alive at ``when`` (PIDs are
+    reused: an exited process and a later one may share one), else the last name seen for it."""
+    lives: Dict[int, List[Tuple[datetime, Optional[datetime], Optional[str]]]] = {}
+    for pid, group in _pid_index([e for e in events if e.source == "process"]).items():
+        for start in (e for e in group if e.action == "created"):
+            end = next((e.time for e in group if e.action == "exited" and e.detail == start.detail), None)
+            lives.setdefault(pid, []).append((start.time, end, start.process))
+
+    def owner(pid: int, when: datetime) -> Optional[str]:
+        alive = [name for start, end, name in lives.get(pid, []) if start <= when and (end is None or when <= end)]
+        return alive[-1] if alive else names.get(pid)
+    return owner
+
+
 def _pid_index(events: Sequence[Event]) -> Dict[int, List[Event]]:
     index: Dict[int, List[Event]] = {}
     for event in events:
@@ -627,7 +642,10 @@ def _connect_after_start(events: Sequence[Event], window: float) -> List[Flag]:
 def _thread_bursts(events: Sequence[Event], burst: int, burst_window: float) -> List[Flag]:
     flags = []
     created = [e for e in events if e.source == "thread" and e.action == "created"]
-    for pid, group in sorted(_pid_index(created).items()):
+    by_owner: Dict[Tuple[int, str], List[Event]] = {}
+    for event in created:                   # a reused PID: bursts stay within one process
+        by_owner.setdefault((event.pid, event.process or ""), []).append(event)
+    for (pid, _), group in sorted(by_owner.items()):
         group.sort(key=Event.sort_key)
         for cluster in _clusters([e.time for e in group], burst, timedelta(seconds=burst_window)):
             basis = group[cluster[0]:cluster[1]]
