@@ -16,6 +16,11 @@ from spyeye_plugins.spyeye.pageread import PageTableReader, _physical_reader, _r
 from tests.vol_runner import construct
 
 
+def _volatility_frames(layer, address: int, length: int):
+    return [frame for _, _, mapped, size, _ in layer.mapping(address, length, ignore_errors=True)
+            for frame in range(mapped >> 12, (mapped + size - 1 >> 12) + 1)]
+
+
 @pytest.fixture(scope="module")
 def process_layers(win7_image):
     image, _ = win7_image
@@ -40,6 +45,7 @@ def test_every_vad_reads_identically_including_scattered_and_paged_out_pages(pro
         for start, end in vads:
             size = min(end + 1 - start, 0x400000)
             assert reader.read(start, size) == layer.read(start, size, pad=True), (pid, hex(start))
+            assert list(reader.frames(start, size)) == _volatility_frames(layer, start, size)
             compared += 1
     paged = [p for p in truth["plants"] if p["label"] == "bot-pagedout"]
     assert compared > 100 and paged
@@ -170,4 +176,5 @@ def test_random_x86_pae_and_x64_page_tables_read_like_volatility(cls, tmp_path):
             length = min(rng.choice([1, 100, 0x1000, 0x5000, 0x40000]), top + 1 - address)
             expected = layer.read(address, length, pad=True)
             assert reader.read(address, length) == expected, (cls.__name__, hex(address), hex(length))
+            assert list(reader.frames(address, length)) == _volatility_frames(layer, address, length)
             assert reader.mapped(address, length) or not any(expected)

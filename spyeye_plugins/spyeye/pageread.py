@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import os
 import struct
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 from volatility3.framework import interfaces
 from volatility3.framework.layers import intel, physical
@@ -80,6 +80,39 @@ class PageTableReader:
                     return True
             position = stop
         return False
+
+    def frames(self, address: int, length: int) -> Iterator[int]:
+        """Physical frame number of each readable page in the range (what
+        ``layer.mapping(..., ignore_errors=True)`` maps, without a call per page)."""
+        if not self._fast:
+            for _, _, mapped, size, _ in self._layer.mapping(address, length, ignore_errors=True):
+                yield from range(mapped >> 12, (mapped + size - 1 >> 12) + 1)
+            return
+        layer, limit = self._layer, self._layer.context.layers[self._layer._base_layer].maximum_address
+        position, end = address, address + length
+        while position < end:
+            kind, value, bits = self._walk(position)
+            stop = min(end, ((position >> bits) + 1) << bits)
+            if kind == _LARGE:
+                first = (layer._pte_pfn(value) << layer.page_shift | (position & ((1 << bits) - 1))) >> 12
+                last = first + ((stop - 1 >> 12) - (position >> 12))
+                if (last << 12) + 0xFFF <= limit:       # as Volatility: a run past the image is unmapped
+                    yield from range(first, last + 1)
+            elif kind == _DELEGATE:
+                for _, _, mapped, size, _ in layer.mapping(position, stop - position, ignore_errors=True):
+                    yield from range(mapped >> 12, (mapped + size - 1 >> 12) + 1)
+            elif kind == _LEAF:
+                mask = len(value) - 1
+                for page in range(position >> 12, ((stop - 1) >> 12) + 1):
+                    entry = value[page & mask]
+                    if layer._page_is_valid(entry):
+                        frame = layer._pte_pfn(entry)
+                        if (frame << 12) + 0xFFF <= limit:
+                            yield frame
+                    elif entry:
+                        for _, _, mapped, size, _ in layer.mapping(page << 12, 0x1000, ignore_errors=True):
+                            yield mapped >> 12
+            position = stop
 
     def _walk(self, address: int) -> Tuple[int, object, int]:
         """(kind, table entries or entry, log2 of the region size it covers)."""

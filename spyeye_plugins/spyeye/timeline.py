@@ -20,6 +20,7 @@ from volatility3.plugins import timeliner
 from volatility3.plugins.windows import netscan, poolscanner, pslist, psscan, thrdscan, threads, vadinfo
 
 from . import vadwalk
+from .pageread import PageTableReader
 from .parsers import eventlog
 
 vollog = logging.getLogger(__name__)
@@ -152,8 +153,7 @@ def _noting_frames(physical, frames: Set[int], progress) -> Iterator[Tuple[int, 
 
 
 def _mapped_frames(layer, start: int, end: int) -> Iterator[int]:
-    for _, _, mapped, size, _ in layer.mapping(start, end + 1 - start, ignore_errors=True):
-        yield from range(mapped >> 12, (mapped + size - 1 >> 12) + 1)
+    return PageTableReader(layer).frames(start, end + 1 - start)
 
 
 def _translate(layer, address: int) -> Optional[int]:
