@@ -379,3 +379,12 @@ def test_fuzz_mutated_lone_record_and_evt(mutations: list[tuple[int, int]]) -> N
         lone[index] = value
         evt[index % len(evt)] = value
     _check_records(bytes(lone) + bytes(evt), 0)
+
+
+def test_record_outside_the_chunk_header_range_is_flagged_as_left_over() -> None:
+    chunk = bytearray(build_chunk(_specs(4)))
+    struct.pack_into("<QQ", chunk, 0x18, 100, 102)            # the header claims records 100-102 only
+    carved = {r.record_id: r for r in carve_evtx(bytes(chunk))}
+    assert sorted(carved) == [100, 101, 102, 103]
+    note = "record id outside the chunk header's range 100-102 (left over from an older chunk?)"
+    assert [i for i, r in carved.items() if note in r.warnings] == [103]

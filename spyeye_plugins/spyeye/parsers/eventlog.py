@@ -522,9 +522,13 @@ def _carve_chunk(view: bytes, offset: int) -> Optional[list[EventRecord]]:
     free = _U32.unpack_from(view, 0x30)[0]
     live_end = free if CHUNK_HEADER_SIZE <= free <= len(view) else len(view)
     ctx, records, walked_to = _Context(view, 0), [], live_end
+    first, last = struct.unpack_from("<QQ", view, 0x18)   # first and last record identifiers
     for pos, size, gaps in _walk_chunk(view, live_end):
         record = _decode_record(ctx, pos, size, offset + pos, "evtx-chunk")
         record.warnings[:0] = notes + gaps
+        if first <= last and not first <= record.record_id <= last:
+            record.warnings.append(f"record id outside the chunk header's range {first}-{last} "
+                                   "(left over from an older chunk?)")
         record.chunk = offset
         records.append(record)
         walked_to = max(live_end, pos + size)
