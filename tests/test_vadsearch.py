@@ -139,6 +139,7 @@ def test_json_output_parses_and_carries_the_fields(win7_image):
     (["--hex", "4D 5"], "even number of hex digits"),
     (["--keyword", "x", "--pid", "99999"], "no process with PID 99999"),
     (["--keyword", "x", "--chunk-size", "0"], "--chunk-size must be at least 0x1000"),
+    (["--keyword", "x", "--name", "nosuch.exe"], "no process named nosuch.exe"),
     (["--yara-file", "/bin/ls"], "not a text YARA rule file"),
 ])
 def test_bad_input_gives_one_line_error_not_traceback(win7_image, args, message):

@@ -42,6 +42,7 @@ class PageTableReader:
             self._tables: dict = {}
 
     def read(self, address: int, length: int) -> bytes:
+        """``length`` bytes at ``address``; unreadable pages read as zeros."""
         if not self._fast:
             return self._layer.read(address, length, pad=True)
         out = bytearray(length)
@@ -59,8 +60,8 @@ class PageTableReader:
             elif kind == _DELEGATE:
                 out[position - address:stop - address] = self._layer.read(position, stop - position, pad=True)
             position = stop
-        for offset, address, size in runs:
-            out[offset:offset + size] = self._read_physical(address, size)
+        for offset, frame_address, size in runs:
+            out[offset:offset + size] = self._read_physical(frame_address, size)
         return bytes(out)
 
     def mapped(self, address: int, length: int) -> bool:
@@ -156,12 +157,7 @@ class PageTableReader:
             entry = entries[(position >> shift) & mask]
             if valid(entry):
                 frame = (pfn(entry) << shift) | (position & (page_size - 1))
-                size = page_end - position
-                last = runs[-1] if runs else None
-                if last and last[0] + last[2] == position - origin and last[1] + last[2] == frame:
-                    last[2] += size
-                else:
-                    runs.append([position - origin, frame, size])
+                _add_run(runs, position - origin, frame, page_end - position)
             elif entry:
                 out[position - origin:page_end - origin] = layer.read(position, page_end - position, pad=True)
             position = page_end

@@ -49,6 +49,8 @@ def selected_processes(context: interfaces.context.ContextInterface, kernel_modu
         filter_func=lambda p: (bool(pids) and p.UniqueProcessId not in pids) or keep_name(p)))
     for pid in sorted(set(pids) - {int(p.UniqueProcessId) for p in procs}):
         vollog.error("no process with PID %d in the active process list", pid)
+    if names and not procs:
+        vollog.error("no process named %s in the active process list", ", ".join(names))
     return procs
 
 
