@@ -6,9 +6,9 @@ reads virtual memory), every hit names its process and VAD, and
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 from volatility3.framework import interfaces, renderers
@@ -22,9 +22,7 @@ vollog = logging.getLogger(__name__)
 
 MAX_CONTEXT = 0x1000          # bytes of context either side of a hit, at most
 MAX_LINEAR_HITS = 1_000_000   # --compare-physical keeps at most this many linear-scan hits
-
-
-READ_AHEAD = 3   # chunks read while the oldest one is being matched (memory: 4 chunks at most)
+READ_AHEAD = 3                # chunks read while the oldest one is matched (4 chunks held at most)
 
 
 def _scanned_ahead(chunks: Iterable[Tuple[Any, bytes, int]],
@@ -47,7 +45,7 @@ class VadSearch(interfaces.plugins.PluginInterface):
     """Searches every process's VADs for keywords, hex, regexes or YARA rules."""
 
     _required_framework_version = (2, 0, 0)
-    _version = (1, 0, 0)
+    _version = (1, 1, 0)   # 1.1: scan_spaces
 
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
@@ -152,10 +150,14 @@ class VadSearch(interfaces.plugins.PluginInterface):
         """A linear scan of a physical layer, as a raw-file grep would do it."""
         end = layer.maximum_address
         overlap = patterns.max_length - 1
-        for address, data, owned in vadwalk.read_chunks(layer, layer.minimum_address, end, chunk, overlap):
-            if progress:
-                progress(100.0 * address / max(end, 1), "Linear scan of the physical image")
-            for hit in patterns.scan(data):
+
+        def chunks():
+            for address, data, owned in vadwalk.read_chunks(layer, layer.minimum_address, end, chunk, overlap):
+                if progress:
+                    progress(100.0 * address / max(end, 1), "Linear scan of the physical image")
+                yield address, data, owned
+        for address, owned, hits in _scanned_ahead(chunks(), patterns):
+            for hit in hits:
                 if hit.offset < owned:
                     yield address + hit.offset, hit
 
