@@ -22,7 +22,6 @@ from spyeye_plugins.spyeye.parsers.pe_image import (
     file_layout_header,
     inspect_header,
     parse_mapped_image,
-    rebuild_file_layout,
 )
 
 DLLS = ["spyplugin_x86.dll", "spyplugin_x64.dll", "ordinals_x86.dll", "ordinals_x64.dll",
@@ -258,6 +257,12 @@ def test_export_name_outside_image_becomes_unnamed_with_warning() -> None:
     assert result.warnings == ["1 export name(s) unreadable"]
     rows = [(e.ordinal, e.name) for e in result.exports]
     assert rows[3:] == [(20, "OrdinalsVersion"), (21, None)]
+
+
+def rebuild_file_layout(image: bytes) -> bytes:
+    """A whole mapped image as a file, the way ``spyeye.injected --dump`` writes it in chunks."""
+    header, size = file_layout_header(image[:0x1000], len(image))
+    return (header + bytes(image[len(header):size])).ljust(size, b"\0")
 
 
 @pytest.mark.parametrize("name", DLLS)

@@ -100,7 +100,7 @@ def test_c1_page_offset_b20_adds_weight():
 
 def test_c1_next_marker_ends_block():
     blob = sa.MARKER + b"\x01\x00config.bin\0" + sa.MARKER + b"C:\\cleansweep.exe\\cleansweep.exe\0"
-    assert sa.find_markers(blob) == [0, 17]
+    assert blob.index(sa.MARKER, 1) == 17
     assert sa.decode_c1(blob).fields == {"config_file": ["config.bin"]}
     assert sa.decode_c1(blob, 17).fields == {"bot_path": ["C:\\cleansweep.exe\\cleansweep.exe"]}
 

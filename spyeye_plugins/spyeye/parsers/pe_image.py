@@ -509,11 +509,3 @@ def file_layout_header(page: bytes, available: int) -> tuple[bytes, int]:
         raw_size = min(_align_up(section.span, alignment), size - va)
         struct.pack_into("<II", out, section.offset + 16, raw_size, va)
     return bytes(out[:size]), size
-
-
-def rebuild_file_layout(image: bytes) -> bytes:
-    """Turn a whole memory-mapped image into a file pefile can load (see
-    :func:`file_layout_header`); the output is ``image`` cut to SizeOfImage and padded to the
-    alignment. Raises ValueError when no PE headers can be found."""
-    header, size = file_layout_header(image[:PAGE], len(image))
-    return (header + bytes(image[len(header):size])).ljust(size, b"\0")

@@ -193,11 +193,6 @@ def rate_known_string(found: FoundString) -> tuple[int, list[str]]:
     return min(score, 100), reasons
 
 
-def find_markers(data: bytes) -> list[int]:
-    """Offsets of every `!EYE` marker in `data`."""
-    return [m.start() for m in re.finditer(re.escape(MARKER), data)]
-
-
 # --- The `!EYE` (C1) block ---
 
 @dataclass
