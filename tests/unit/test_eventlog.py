@@ -388,3 +388,10 @@ def test_record_outside_the_chunk_header_range_is_flagged_as_left_over() -> None
     assert sorted(carved) == [100, 101, 102, 103]
     note = "record id outside the chunk header's range 100-102 (left over from an older chunk?)"
     assert [i for i, r in carved.items() if note in r.warnings] == [103]
+
+
+def test_evt_records_over_64_kib_are_not_carved() -> None:
+    big = bytearray(0x10004)
+    struct.pack_into("<I4s", big, 0, len(big), b"LfLe")
+    struct.pack_into("<I", big, len(big) - 4, len(big))
+    assert list(carve_evt(bytes(big))) == []

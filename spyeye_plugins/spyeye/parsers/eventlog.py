@@ -22,6 +22,7 @@ CHUNK_SIZE = 0x10000
 CHUNK_HEADER_SIZE = 0x200
 _RECORD_MIN, _RECORD_MAX = 0x20, CHUNK_SIZE - CHUNK_HEADER_SIZE
 _EVT_FIXED, _EVT_MIN = 0x38, 0x40
+_EVT_MAX = 0x10000   # larger EVENTLOGRECORDs are not carved (ReportEvent caps an event near 64 KiB)
 _MAX_ELEMENT_DEPTH, _MAX_BXML_DEPTH = 48, 4
 _EPOCH_1601 = datetime(1601, 1, 1, tzinfo=timezone.utc)
 _U8, _U16, _U32, _U64 = (struct.Struct(f) for f in ("<B", "<H", "<I", "<Q"))
@@ -641,7 +642,7 @@ def carve_evt(data: bytes, base: int = 0) -> Iterator[EvtRecord]:
     while pos >= 0:
         start = pos - 4
         length = _U32.unpack_from(data, start)[0]
-        valid = (length >= _EVT_MIN and start + length <= len(data)
+        valid = (_EVT_MIN <= length <= _EVT_MAX and start + length <= len(data)
                  and _U32.unpack_from(data, start + length - 4)[0] == length)
         if valid:
             yield _evt_record(data[start:start + length], base + start)
