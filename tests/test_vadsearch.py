@@ -174,3 +174,12 @@ def test_keyword_in_vad_over_1gib_found_with_bounded_reads_where_vadyarascan_ski
                        {"yara_file": rules.as_uri(), "pid": [plant["pid"]]})
     found = {r["Offset"] for r in stock}
     assert control["va"] + 3 in found and plant["va"] not in found
+
+
+def test_yara_match_cap_is_reported_as_incomplete_hits(win7_image):
+    image, _ = win7_image
+    out = run_cli("-r", "csv", "-f", str(image), "spyeye.vadsearch", "--hex", "00 00", "--pid", "2172",
+                  "--address-range", "4000000-41FFFFF", "--max-hits", "10")
+    assert "Traceback" not in out.stderr and "RuntimeWarning" not in out.stderr
+    assert "YARA stopped counting matches of '00 00' at 1,000,000" in out.stderr
+    assert len(out.stdout.strip().splitlines()) == 11

@@ -196,9 +196,17 @@ class VadSearch(interfaces.plugins.PluginInterface):
             count += 1
             if max_hits and count >= max_hits:
                 vollog.warning("stopped after --max-hits %d hits", max_hits)
+                self._warn_overflow(patterns)
                 return
         if linear is not None:
             yield from self._physical_only(physical, linear, seen_physical)
+        self._warn_overflow(patterns)
+
+    @staticmethod
+    def _warn_overflow(patterns: PatternSet) -> None:
+        for pattern in sorted(patterns.overflowed):
+            vollog.warning("YARA stopped counting matches of %r at 1,000,000 in a chunk: its hits are "
+                           "incomplete (use a more specific pattern, or --max-hits)", pattern)
 
     def _spaces(self, protect: Optional[List[int]], ranges: List[Tuple[int, int]]) -> Iterator[Tuple]:
         """``((pid, name), layer, vad)`` for each wanted VAD of each selected process."""

@@ -101,3 +101,11 @@ def test_several_vads_scanned_ahead_give_hits_in_order_with_their_keys():
     # the hit at 0x1FFFC straddles two VADs: each VAD reads only its own bytes, so it is not found
     assert found == [("vad0", 0x0, 0x0FF0), ("vad0", 0x0, 0x9000), ("vad2", 0x20000, 0x20010),
                      ("vad3", 0x30000, 0x3F000)]
+
+
+def test_yara_match_limit_is_recorded_not_printed(recwarn):
+    patterns = PatternSet(hex_patterns=["00 00"], yara_source='rule z { strings: $z = { 00 00 00 } condition: $z }')
+    hits = list(patterns.scan(bytes(3_000_000)))
+    assert len(hits) == 2_000_000                                   # 1,000,000 per string: YARA's cap
+    assert patterns.overflowed == {"00 00", "z:$z"}
+    assert not [w for w in recwarn if "too many matches" in str(w.message)]

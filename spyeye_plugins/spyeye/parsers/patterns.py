@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Set, Tuple
 
 import yara
 
@@ -53,6 +53,7 @@ class PatternSet:
                  max_regex_length: int = 256) -> None:
         self._names: List[Tuple[str, str, str]] = []  # identifier index -> (pattern, kind, encoding)
         self.max_length = 1
+        self.overflowed: Set[str] = set()   # patterns YARA stopped counting in some buffer
         rule_strings = self._keyword_strings(keywords, encodings, ignore_case)
         rule_strings += self._hex_strings(hex_patterns)
         self._builtin = self._compile_builtin(rule_strings)
@@ -130,10 +131,20 @@ class PatternSet:
         except yara.Error as exc:
             raise PatternError(f"invalid YARA rules: {exc}") from exc
 
+    def _builtin_warning(self, kind: int, string) -> int:
+        if kind == yara.CALLBACK_TOO_MANY_MATCHES:
+            self.overflowed.add(self._names[int(string.string[2:])][0])
+        return yara.CALLBACK_CONTINUE
+
+    def _user_warning(self, kind: int, string) -> int:
+        if kind == yara.CALLBACK_TOO_MANY_MATCHES:
+            self.overflowed.add(f"{string.rule}:{string.string}")
+        return yara.CALLBACK_CONTINUE
+
     def scan(self, data: bytes) -> Iterator[Hit]:
         """Every hit in ``data`` (overlapping hits of different patterns included)."""
         if self._builtin is not None:
-            for match in self._builtin.match(data=data):
+            for match in self._builtin.match(data=data, warnings_callback=self._builtin_warning):
                 for string in match.strings:
                     pattern, kind, encoding = self._names[int(string.identifier[2:])]
                     for inst in string.instances:
@@ -143,7 +154,7 @@ class PatternSet:
                 if m.end() > m.start():
                     yield Hit(m.start(), m.end() - m.start(), text, "regex", "bytes")
         if self._user_rules is not None:
-            for match in self._user_rules.match(data=data):
+            for match in self._user_rules.match(data=data, warnings_callback=self._user_warning):
                 for string in match.strings:
                     for inst in string.instances:
                         yield Hit(inst.offset, inst.matched_length,
