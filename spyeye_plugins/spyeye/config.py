@@ -10,10 +10,11 @@ row per decoded field."""
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from volatility3.framework import exceptions, interfaces, objects, renderers
 from volatility3.framework.configuration import requirements
@@ -22,7 +23,7 @@ from volatility3.framework.symbols import intermed
 
 from . import vadsearch, vadwalk
 from .parsers import spyeye_artifacts as sa
-from .parsers.patterns import PatternSet
+from .parsers.patterns import Hit, PatternSet
 
 vollog = logging.getLogger(__name__)
 
@@ -260,7 +261,7 @@ class SpyEyeConfig(interfaces.plugins.PluginInterface):
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
         return vadwalk.kernel_requirements() + [
-            requirements.VersionRequirement(name="vadsearch", component=vadsearch.VadSearch, version=(1, 0, 0)),
+            requirements.VersionRequirement(name="vadsearch", component=vadsearch.VadSearch, version=(1, 1, 0)),
             *vadwalk.process_filter_requirements(),
             requirements.BooleanRequirement(name="dump", default=False, optional=True,
                                             description="Write each C1 block, record and config image to a file"),
@@ -276,9 +277,23 @@ class SpyEyeConfig(interfaces.plugins.PluginInterface):
                        layout_table: Optional[str] = None) -> Iterator[Artifact]:
         """Each artifact in ``vad``, in address order; markers inside an artifact already
         reported (a mutex name in a C1 block, a second ZIP header) are not reported again."""
-        patterns, kinds = marker_patterns()
+        patterns, _ = marker_patterns()
+        hits = ((vad, address, hit) for address, hit in vadsearch.VadSearch.scan_vad(layer, vad, patterns))
+        for _, artifact in cls.decode_hits(context, layer, hits, layout_table):
+            yield artifact
+
+    @classmethod
+    def decode_hits(cls, context: interfaces.context.ContextInterface,
+                    layer: interfaces.layers.DataLayerInterface,
+                    hits: Iterable[Tuple[vadwalk.VadFacts, int, Hit]],
+                    layout_table: Optional[str] = None) -> Iterator[Tuple[vadwalk.VadFacts, Artifact]]:
+        """``(vad, artifact)`` for marker hits of one address space, in address order."""
+        _, kinds = marker_patterns()
         covered: List[Tuple[int, int]] = []
-        for address, hit in vadsearch.VadSearch.scan_vad(layer, vad, patterns):
+        current = None
+        for vad, address, hit in hits:
+            if vad is not current:
+                current, covered = vad, []
             if any(start <= address < end for start, end in covered):
                 continue
             kind = kinds[hit.pattern]
@@ -292,7 +307,7 @@ class SpyEyeConfig(interfaces.plugins.PluginInterface):
                 artifact = DECODERS[kind](window.data, address - window.start, address)
             artifact.reasons += window.notes
             covered.append((artifact.address, artifact.address + artifact.length))
-            yield artifact
+            yield vad, artifact
 
     @staticmethod
     def _declared(context: interfaces.context.ContextInterface, layer_name: str, table: str,
@@ -349,8 +364,17 @@ class SpyEyeConfig(interfaces.plugins.PluginInterface):
             yield 1, (*head, na, na, na, na, na, artifact.kind, na, na, na, na, key, value)
 
     def _generator(self):
-        protect = vadwalk.protection_values(self.context, self.config["kernel"])
         layout_table = self._layout_table()
+        patterns, _ = marker_patterns()
+        stream = vadsearch.VadSearch.scan_spaces(self._spaces(), patterns)   # reading overlaps matching
+        for (proc_info, layer), group in itertools.groupby(stream, key=lambda item: (item[0], item[1])):
+            hits = ((vad, address, hit) for _, _, vad, address, hit in group)
+            for vad, artifact in self.decode_hits(self.context, layer, hits, layout_table):
+                yield from self._rows(proc_info, vad, artifact)
+
+    def _spaces(self) -> Iterator[Tuple[Tuple[int, str], interfaces.layers.DataLayerInterface, vadwalk.VadFacts]]:
+        """``((pid, name), layer, vad)`` for each VAD of each selected process."""
+        protect = vadwalk.protection_values(self.context, self.config["kernel"])
         procs = vadwalk.selected_processes(self.context, self.config["kernel"], self.config.get("pid"),
                                            self.config.get("name"))
         for index, proc in enumerate(procs):
@@ -358,11 +382,9 @@ class SpyEyeConfig(interfaces.plugins.PluginInterface):
             layer_name = vadwalk.process_layer(proc)
             if layer_name is None:
                 continue
-            layer = self.context.layers[layer_name]
+            self._progress_callback(100.0 * index / max(len(procs), 1), f"Decoding PID {pid}")
             for vad in vadwalk.process_vads(proc, protect):
-                self._progress_callback(100.0 * index / max(len(procs), 1), f"Decoding PID {pid} VAD {vad.start:#x}")
-                for artifact in self.find_artifacts(self.context, layer, vad, layout_table):
-                    yield from self._rows((pid, name), vad, artifact)
+                yield (pid, name), self.context.layers[layer_name], vad
 
     def run(self) -> renderers.TreeGrid:
         columns = [("PID", int), ("Process", str), ("Address", format_hints.Hex), ("VAD Start", format_hints.Hex),
