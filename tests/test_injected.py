@@ -321,3 +321,13 @@ def test_loader_list_is_trusted_only_when_its_walk_returns_to_the_head():
     assert closed_list_bases(closed, "t!_LDR_DATA_TABLE_ENTRY", "InLoadOrderLinks") == {0x77A50000, 0x77930000}
     assert closed_list_bases(cut, "t!_LDR_DATA_TABLE_ENTRY", "InLoadOrderLinks") is None
     assert closed_list_bases(_Head([]), "t!_LDR_DATA_TABLE_ENTRY", "InLoadOrderLinks") == set()
+
+
+def test_dump_of_an_image_larger_than_its_vad_stops_at_the_vad(win7_image):
+    image, truth = win7_image
+    (plant,) = [p for p in truth["plants"] if p["label"] == "injected-bot-header-only"]
+    found = _regions(run_plugin(image, PLUGIN, {"dump": True, "pid": [plant["pid"]]}))
+    row, _ = found[(plant["pid"], plant["vad_start"])]
+    dumped = FileCollector.files[row["File output"]]
+    assert row["Size"] > plant["vad_end"] + 1 - plant["vad_start"]          # SizeOfImage says more
+    assert len(dumped) == plant["vad_end"] + 1 - plant["vad_start"] and dumped[:2] == b"MZ"

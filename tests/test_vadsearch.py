@@ -185,3 +185,13 @@ def test_yara_match_cap_is_reported_as_incomplete_hits(win7_image):
     assert "Traceback" not in out.stderr and "RuntimeWarning" not in out.stderr
     assert "YARA stopped counting matches of '00 00' at 1,000,000" in out.stderr
     assert len(list(csv.DictReader(io.StringIO(out.stdout)))) == 10
+
+
+def test_context_is_capped_at_4_kib_either_side(win7_image):
+    image, truth = win7_image
+    (plant,) = _plants(truth, "iexplore-chunk-edge")
+    rows = run_plugin(image, "spyeye.vadsearch.VadSearch", {
+        "keyword": ["SPYNET_CHUNK_EDGE"], "encoding": "ascii", "pid": [plant["pid"]], "context": 1 << 20})
+    (row,) = [r for r in rows if r["Address"] == plant["va"]]
+    assert row["Context Start"] == plant["va"] - 0x1000
+    assert len(row["Context"]) == 0x1000 + len("SPYNET_CHUNK_EDGE") + 0x1000

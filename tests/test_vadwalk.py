@@ -35,3 +35,10 @@ def test_image_flag_and_sizes_from_the_truth(win7_image):
     modules = {m["base"] for m in truth["modules"] if m["pid"] == 2356}
     assert {start for start, f in facts.items() if f.image} == modules
     assert all(f.size == f.end + 1 - f.start for f in facts.values())
+
+
+def test_protection_names_without_the_kernel_table_fall_back_to_the_base_values():
+    assert vadwalk._protection(6, None) == "PAGE_EXECUTE_READWRITE"
+    assert vadwalk._protection(0x18 | 4, None) == "PAGE_READWRITE"     # cache/guard bits dropped
+    table = [0, 1, 0x10, 0x20, 4, 8, 0x40, 0x80]
+    assert vadwalk._protection(6, table) == "PAGE_EXECUTE_READWRITE" and vadwalk._protection(99, table) == ""
