@@ -366,25 +366,13 @@ class SpyEyeConfig(interfaces.plugins.PluginInterface):
     def _generator(self):
         layout_table = self._layout_table()
         patterns, _ = marker_patterns()
-        stream = vadsearch.VadSearch.scan_spaces(self._spaces(), patterns)   # reading overlaps matching
+        spaces = vadwalk.process_spaces(self.context, self.config["kernel"], self.config.get("pid"),
+                                        self.config.get("name"), self._progress_callback, "Decoding")
+        stream = vadsearch.VadSearch.scan_spaces(spaces, patterns)   # reading overlaps matching
         for (proc_info, layer), group in itertools.groupby(stream, key=lambda item: (item[0], item[1])):
             hits = ((vad, address, hit) for _, _, vad, address, hit in group)
             for vad, artifact in self.decode_hits(self.context, layer, hits, layout_table):
                 yield from self._rows(proc_info, vad, artifact)
-
-    def _spaces(self) -> Iterator[Tuple[Tuple[int, str], interfaces.layers.DataLayerInterface, vadwalk.VadFacts]]:
-        """``((pid, name), layer, vad)`` for each VAD of each selected process."""
-        protect = vadwalk.protection_values(self.context, self.config["kernel"])
-        procs = vadwalk.selected_processes(self.context, self.config["kernel"], self.config.get("pid"),
-                                           self.config.get("name"))
-        for index, proc in enumerate(procs):
-            pid, name = int(proc.UniqueProcessId), vadwalk.process_name(proc)
-            layer_name = vadwalk.process_layer(proc)
-            if layer_name is None:
-                continue
-            self._progress_callback(100.0 * index / max(len(procs), 1), f"Decoding PID {pid}")
-            for vad in vadwalk.process_vads(proc, protect):
-                yield (pid, name), self.context.layers[layer_name], vad
 
     def run(self) -> renderers.TreeGrid:
         columns = [("PID", int), ("Process", str), ("Address", format_hints.Hex), ("VAD Start", format_hints.Hex),

@@ -182,13 +182,14 @@ class VadSearch(interfaces.plugins.PluginInterface):
                     format_hints.HexBytes(context), vadwalk.optional(linear_found)))
 
     def _generator(self, patterns: PatternSet):
-        protect = vadwalk.protection_values(self.context, self.config["kernel"])
         ranges = self._ranges()
         physical = self._physical_layer()
         linear = self._linear_hits(physical, patterns) if self.config.get("compare_physical") else None
         seen_physical: Set[Tuple[int, str, str]] = set()
         max_hits, count = self.config.get("max_hits") or 0, 0
-        spaces = self._spaces(protect, ranges)
+        spaces = ((info, layer, vad) for info, layer, vad in vadwalk.process_spaces(
+            self.context, self.config["kernel"], self.config.get("pid"), self.config.get("name"),
+            self._progress_callback, "Searching") if self._wanted(vad, ranges))
         for proc_info, layer, vad, address, hit in self.scan_spaces(spaces, patterns, self.config.get("chunk_size")):
             pages = vadwalk.physical_pages(layer, address, hit.length)
             seen_physical.add((pages[0], hit.pattern, hit.encoding))
@@ -207,20 +208,6 @@ class VadSearch(interfaces.plugins.PluginInterface):
         for pattern in sorted(patterns.overflowed):
             vollog.warning("YARA stopped counting matches of %r at 1,000,000 in a chunk: its hits are "
                            "incomplete (use a more specific pattern, or --max-hits)", pattern)
-
-    def _spaces(self, protect: Optional[List[int]], ranges: List[Tuple[int, int]]) -> Iterator[Tuple]:
-        """``((pid, name), layer, vad)`` for each wanted VAD of each selected process."""
-        procs = vadwalk.selected_processes(self.context, self.config["kernel"], self.config.get("pid"),
-                                           self.config.get("name"))
-        for index, proc in enumerate(procs):
-            pid, name = int(proc.UniqueProcessId), vadwalk.process_name(proc)
-            layer_name = vadwalk.process_layer(proc)
-            if layer_name is None:
-                continue
-            self._progress_callback(100.0 * index / max(len(procs), 1), f"Searching PID {pid}")
-            for vad in vadwalk.process_vads(proc, protect):
-                if self._wanted(vad, ranges):
-                    yield (pid, name), self.context.layers[layer_name], vad
 
     def _physical_layer(self) -> interfaces.layers.DataLayerInterface:
         kernel = self.context.modules[self.config["kernel"]]

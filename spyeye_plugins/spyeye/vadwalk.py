@@ -165,6 +165,26 @@ def process_layer(proc) -> Optional[str]:
         return None
 
 
+def process_spaces(context: interfaces.context.ContextInterface, kernel_module_name: str,
+                   pids: Optional[Sequence[int]], names: Optional[Sequence[str]],
+                   progress: Optional[Callable[[float, str], None]] = None,
+                   doing: str = "Reading") -> Iterator[Tuple[Tuple[int, str], interfaces.layers.DataLayerInterface,
+                                                              VadFacts]]:
+    """``((pid, name), layer, vad)`` for each VAD of each selected process with an address
+    space, lazily (so a consumer can overlap its own work with the walk)."""
+    protect = protection_values(context, kernel_module_name)
+    procs = selected_processes(context, kernel_module_name, pids, names)
+    for index, proc in enumerate(procs):
+        pid, name = int(proc.UniqueProcessId), process_name(proc)
+        layer_name = process_layer(proc)
+        if layer_name is None:
+            continue
+        if progress:
+            progress(100.0 * index / max(len(procs), 1), f"{doing} PID {pid}")
+        for vad in process_vads(proc, protect):
+            yield (pid, name), context.layers[layer_name], vad
+
+
 def read_chunks(layer: interfaces.layers.DataLayerInterface, start: int, end: int,
                 chunk: int = DEFAULT_CHUNK, overlap: int = 0,
                 skip_unmapped: bool = True) -> Iterator[Tuple[int, bytes, int]]:
