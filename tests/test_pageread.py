@@ -12,7 +12,7 @@ from volatility3.framework.layers import intel, physical
 from volatility3.plugins.windows import pslist, vadinfo
 
 from spyeye_plugins.spyeye import vadwalk
-from spyeye_plugins.spyeye.pageread import PageTableReader, _physical_reader, _raw_file_descriptor
+from spyeye_plugins.spyeye.pageread import PageTableReader, _physical_filler, _raw_file_descriptor
 from tests.vol_runner import construct
 
 
@@ -97,7 +97,9 @@ def test_compressed_image_is_read_through_volatility_not_raw_file(tmp_path, win7
     context.config["gz.location"] = packed.as_uri()
     layer = physical.FileLayer(context, "gz", "gz")
     assert _raw_file_descriptor(layer) is None
-    assert _physical_reader(layer)(0x1000, 0x2000) == raw[0x1000:0x3000]
+    out = bytearray(0x2000)
+    _physical_filler(layer)(memoryview(out), 0x1000)
+    assert out == raw[0x1000:0x3000]
 
 
 def test_in_place_reads_keep_bytes_after_unmapped_megabytes_at_their_offset(process_layers, win7_image):

@@ -12,6 +12,7 @@ returns.  Layers that are not Intel paging layers are read with ``layer.read``.
 """
 from __future__ import annotations
 
+import functools
 import io
 import os
 import struct
@@ -35,11 +36,18 @@ class PageTableReader:
         self._layer = layer
         self._fast = isinstance(layer, intel.Intel) and all(hasattr(layer, a) for a in _NEEDED)
         if self._fast:
-            self._read_physical = _physical_reader(layer.context.layers[layer._base_layer])
+            physical_layer = layer.context.layers[layer._base_layer]
+            self._fill_physical = _physical_filler(physical_layer)
+            fileno = _raw_file_descriptor(physical_layer) if hasattr(os, "preadv") else None
+            self._preadv = None if fileno is None else functools.partial(os.preadv, fileno)
+            self._limit = physical_layer.maximum_address + 1
             count = layer.page_size // layer._entry_size
             self._unpack: Callable[[bytes], Tuple[int, ...]] = struct.Struct(
                 f"<{count}{layer._entry_format[-1]}").unpack
             self._tables: dict = {}
+            # the frame address of a valid entry is a plain mask unless the layer redefines _pte_pfn
+            self._frame_mask = ((1 << layer._maxphyaddr) - 1) & ~(layer.page_size - 1) \
+                if type(layer)._pte_pfn is intel.Intel._pte_pfn else None
 
     def read(self, address: int, length: int) -> bytes:
         """``length`` bytes at ``address``; unreadable pages read as zeros."""
@@ -60,8 +68,12 @@ class PageTableReader:
             elif kind == _DELEGATE:
                 out[position - address:stop - address] = self._layer.read(position, stop - position, pad=True)
             position = stop
+        view, fill, preadv, limit = memoryview(out), self._fill_physical, self._preadv, self._limit
         for offset, frame_address, size in runs:
-            out[offset:offset + size] = self._read_physical(frame_address, size)
+            if preadv is not None and frame_address + size <= limit:     # the common case, inlined
+                preadv([view[offset:offset + size]], frame_address)
+            else:
+                fill(view[offset:offset + size], frame_address)
         return bytes(out)
 
     def mapped(self, address: int, length: int) -> bool:
@@ -148,7 +160,9 @@ class PageTableReader:
 
     def _leaf_runs(self, entries: Tuple[int, ...], start: int, stop: int, origin: int,
                    out: bytearray, runs: List[List[int]]) -> None:
-        layer = self._layer
+        """Add the runs of [start, stop) (inside one leaf table) to ``runs``; pages that
+        only the layer can read (swapped, prototype) are read into ``out`` at once."""
+        layer, frame_mask = self._layer, self._frame_mask
         page_size, shift, mask = layer.page_size, layer.page_shift, len(entries) - 1
         valid, pfn = layer._page_is_valid, layer._pte_pfn
         position = start
@@ -156,39 +170,54 @@ class PageTableReader:
             page_end = min(stop, (position | (page_size - 1)) + 1)
             entry = entries[(position >> shift) & mask]
             if valid(entry):
-                frame = (pfn(entry) << shift) | (position & (page_size - 1))
-                _add_run(runs, position - origin, frame, page_end - position)
+                frame = (entry & frame_mask if frame_mask is not None else pfn(entry) << shift) \
+                    | (position & (page_size - 1))
+                last = runs[-1] if runs else None       # _add_run, inlined: this is the hot loop
+                if last and last[0] + last[2] == position - origin and last[1] + last[2] == frame:
+                    last[2] += page_end - position
+                else:
+                    runs.append([position - origin, frame, page_end - position])
             elif entry:
                 out[position - origin:page_end - origin] = layer.read(position, page_end - position, pad=True)
             position = page_end
 
 
-def _physical_reader(layer: interfaces.layers.DataLayerInterface) -> Callable[[int, int], bytes]:
-    """``read(address, size)`` padded with zeros; a raw image file is read with
-    ``os.pread`` (no seek, no lock: the file is only read).  Anything else (a
-    compressed or remote image, another layer type) goes through ``layer.read``."""
+def _physical_filler(layer: interfaces.layers.DataLayerInterface) -> Callable[[memoryview, int], None]:
+    """``fill(view, address)``: the bytes at ``address`` into the zeroed buffer ``view``
+    (what lies outside the layer stays zero).  A raw image file is read straight into the
+    buffer with ``os.preadv`` or ``os.pread`` (no seek, no lock: the file is only read);
+    anything else (a compressed or remote image, another layer type, a system without
+    ``pread``) goes through ``layer.read``."""
     fileno = _raw_file_descriptor(layer)
-    if fileno is not None:
+    if fileno is not None and hasattr(os, "preadv"):
         limit = layer.maximum_address + 1
 
-        def read_file(address: int, size: int) -> bytes:
-            data = os.pread(fileno, max(0, min(size, limit - address)), address) if address < limit else b""
-            return data.ljust(size, b"\0")
-        return read_file
+        def preadv_file(view: memoryview, address: int) -> None:
+            if address < limit:
+                os.preadv(fileno, [view[:max(0, min(len(view), limit - address))]], address)
+        return preadv_file
+    if fileno is not None and hasattr(os, "pread"):
+        limit = layer.maximum_address + 1
 
-    def read_layer(address: int, size: int) -> bytes:
+        def pread_file(view: memoryview, address: int) -> None:
+            if address < limit:
+                data = os.pread(fileno, max(0, min(len(view), limit - address)), address)
+                view[:len(data)] = data
+        return pread_file
+
+    def read_layer(view: memoryview, address: int) -> None:
+        size = len(view)
         if layer.is_valid(address, size):
-            return layer.read(address, size, pad=True)
+            view[:] = layer.read(address, size, pad=True)
+            return
         # partly outside the physical layer: as Volatility's mapping does, a page that is not
         # wholly inside reads as zeros
-        out = bytearray(size)
         position = address
         while position < address + size:
             step = min(address + size, (position | 0xFFF) + 1) - position
             if layer.is_valid(position, step):
-                out[position - address:position - address + step] = layer.read(position, step, pad=True)
+                view[position - address:position - address + step] = layer.read(position, step, pad=True)
             position += step
-        return bytes(out)
     return read_layer
 
 

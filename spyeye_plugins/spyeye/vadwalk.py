@@ -4,8 +4,9 @@ Shared by every plugin of the suite that looks at process memory."""
 from __future__ import annotations
 
 import logging
+import dataclasses
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from volatility3.framework import exceptions, interfaces, renderers
 from volatility3.framework.configuration import requirements
@@ -62,8 +63,17 @@ class VadFacts:
     end: int            # inclusive
     protection: str
     private: bool
-    file: Optional[str]
+    _file: Optional[str] = None
     image: bool = False  # an image section (VadImageMap), whether or not its file name was read
+    _source: Any = dataclasses.field(default=None, repr=False, compare=False)  # MMVAD to name the file from
+
+    @property
+    def file(self) -> Optional[str]:
+        """The mapped file's name, None if there is none or it cannot be read (read from the
+        VAD on first use: most VADs a scan passes are never reported)."""
+        if self._source is not None:
+            self._file, self._source = _file_name(self._source), None
+        return self._file
 
     @property
     def executable(self) -> bool:
@@ -138,7 +148,7 @@ def vad_facts(vad, protect_values: Optional[List[int]]) -> Optional[VadFacts]:
     except (exceptions.InvalidAddressException, AttributeError) as exc:
         vollog.warning("skipping unreadable VAD at %#x: %s", vad.vol.offset, exc)
         return None
-    return VadFacts(start, end, protection, private, None if private else _file_name(vad), image)
+    return VadFacts(start, end, protection, private, None, image, None if private else vad)
 
 
 def process_vads(proc, protect_values: Optional[List[int]]) -> Iterator[VadFacts]:

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from spyeye_plugins.spyeye.parsers.patterns import PatternError, PatternSet, hex_tokens
+from spyeye_plugins.spyeye.parsers.patterns import PatternError, PatternSet, hex_tokens, nonzero_windows
 from spyeye_plugins.spyeye import vadwalk
 
 
@@ -109,3 +111,52 @@ def test_yara_match_limit_is_recorded_not_printed(recwarn):
     assert len(hits) == 2_000_000                                   # 1,000,000 per string: YARA's cap
     assert patterns.overflowed == {"00 00", "z:$z"}
     assert not [w for w in recwarn if "too many matches" in str(w.message)]
+
+
+# --- zero pages are not handed to the matchers --------------------------------------------------
+_ZERO_WORDS = [b"hooked_func", "hooked_func".encode("utf-16-le"), b"\x00\x00A\x01B", b"C\x00\x00",
+               b"X\x00\x00\x00Y"]
+
+
+def _zero_skipping_set() -> PatternSet:
+    return PatternSet(keywords=["hooked_func"], hex_patterns=["00 00 41 ?? 42", "43 00 00"],
+                      regexes=["X\x00{3}Y"])
+
+
+def _key(hit):
+    return hit.offset, hit.pattern, hit.encoding
+
+
+@settings(max_examples=200, deadline=None)
+@given(zero_pages=st.lists(st.booleans(), min_size=1, max_size=12),
+       words=st.lists(st.tuples(st.integers(0, 12 * 0x1000), st.sampled_from(_ZERO_WORDS)), max_size=8),
+       cut=st.integers(0, 0x1000))
+def test_skipping_zero_pages_finds_exactly_what_a_whole_scan_finds(zero_pages, words, cut):
+    """Words dropped anywhere (on page edges, next to zero pages) in a buffer of zero and
+    non-zero pages: the windowed scan returns the whole-buffer scan's hits, no more."""
+    data = bytearray(b"".join(bytes(0x1000) if zero else bytes(range(1, 256)) * 16 + b"\x01" * 16
+                              for zero in zero_pages))
+    for position, word in words:
+        data[position:position + len(word)] = word
+    data = bytes(data[:max(1, len(data) - cut)])
+    patterns = _zero_skipping_set()
+    assert patterns.skips_zeros
+    assert sorted(patterns.scan(data), key=_key) == sorted(patterns._scan(data), key=_key)
+
+
+def test_zero_pages_are_skipped_and_windows_merge():
+    data = b"A" * 10 + bytes(0x3000 - 10) + b"B" * 0x1000 + bytes(0x1000) + b"C" * 0x1000
+    assert nonzero_windows(data, 15) == [(0, 0x1000 + 15), (0x3000 - 15, 0x4000 + 15),
+                                         (0x5000 - 15, len(data))]
+    assert nonzero_windows(data, 0x900) == [(0, 0x1900), (0x2700, len(data))]   # gaps under 2 pads
+    assert nonzero_windows(bytes(0x2000), 15) == []
+    assert nonzero_windows(data[:0x800], 15) == [(0, 0x800)]      # under a page: never skipped
+
+
+@pytest.mark.parametrize("kwargs", [dict(hex_patterns=["00 00"]), dict(hex_patterns=["?? 00"]),
+                                    dict(regexes=["\x00+"]), dict(yara_source="rule r { condition: true }")])
+def test_patterns_that_can_match_zeros_scan_every_byte(kwargs):
+    patterns = PatternSet(**kwargs)
+    assert not patterns.skips_zeros
+    if "hex_patterns" in kwargs:
+        assert [h.offset for h in patterns.scan(bytes(0x3000))][:3] == [0, 1, 2]

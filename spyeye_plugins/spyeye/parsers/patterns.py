@@ -65,6 +65,7 @@ class PatternSet:
             self.max_length = max(self.max_length, max_regex_length)
         if not (self._builtin or self._regexes or self._user_rules):
             raise PatternError("no pattern given: use --keyword, --hex, --regex or --yara-*")
+        self.skips_zeros = self._user_rules is None and not any(self._scan(bytes(2 * self.max_length)))
 
     def _add(self, pattern: str, kind: str, encoding: str, body: str, length: int) -> str:
         ident = f"$p{len(self._names)}"
@@ -142,7 +143,22 @@ class PatternSet:
         return yara.CALLBACK_CONTINUE
 
     def scan(self, data: bytes) -> Iterator[Hit]:
-        """Every hit in ``data`` (overlapping hits of different patterns included)."""
+        """Every hit in ``data`` (overlapping hits of different patterns included).
+
+        When no pattern can match bytes that are all zero (``skips_zeros``: keywords, hex
+        and regexes that need a non-zero byte; never user YARA rules, whose conditions see
+        the whole buffer), runs of zero pages are not handed to the matchers: every match
+        then holds a non-zero byte and lies in a window around the non-zero bytes."""
+        if not self.skips_zeros:
+            yield from self._scan(data)
+            return
+        view = memoryview(data)
+        for start, end in nonzero_windows(data, self.max_length - 1):
+            whole = start == 0 and end == len(data)
+            for hit in self._scan(data if whole else view[start:end]):
+                yield hit if not start else Hit(hit.offset + start, hit.length, hit.pattern, hit.kind, hit.encoding)
+
+    def _scan(self, data) -> Iterator[Hit]:
         if self._builtin is not None:
             for match in self._builtin.match(data=data, warnings_callback=self._builtin_warning):
                 for string in match.strings:
@@ -160,3 +176,43 @@ class PatternSet:
                         yield Hit(inst.offset, inst.matched_length,
                                   f"{match.rule}:{string.identifier}", "yara", "bytes")
 
+
+PAGE = 0x1000
+_ZERO_PAGE = bytes(PAGE)
+
+
+def zero_runs(data: bytes, page: int = PAGE) -> Iterator[Tuple[int, int]]:
+    """``[start, end)`` of each run of whole all-zero pages (offsets from ``data``'s start)."""
+    run = None
+    last = len(data) - page
+    for offset in range(0, last + 1, page):
+        if not data[offset] and not data[offset + page - 1] and data.startswith(_ZERO_PAGE, offset):
+            if run is None:
+                run = offset
+        elif run is not None:
+            yield run, offset
+            run = None
+    if run is not None:
+        yield run, last - last % page + page
+
+
+def nonzero_windows(data: bytes, pad: int, page: int = PAGE) -> List[Tuple[int, int]]:
+    """``[start, end)`` windows of ``data`` that together hold every match of at most
+    ``pad + 1`` bytes containing a non-zero byte, each inside one window: the stretches
+    between zero-page runs, widened by ``pad`` bytes either side, overlapping ones merged."""
+    windows: List[Tuple[int, int]] = []
+    cursor = 0                           # where the current non-zero stretch begins
+    for start, end in zero_runs(data, page):
+        if start > cursor:
+            _add_window(windows, max(0, cursor - pad), min(len(data), start + pad))
+        cursor = end
+    if cursor < len(data):
+        _add_window(windows, max(0, cursor - pad), len(data))
+    return windows
+
+
+def _add_window(windows: List[Tuple[int, int]], start: int, end: int) -> None:
+    if windows and windows[-1][1] >= start:
+        windows[-1] = (windows[-1][0], end)
+    else:
+        windows.append((start, end))
