@@ -1,10 +1,10 @@
 """Benchmark: spyeye.vadsearch vs windows.vadyarascan, windows.vadregexscan and
 raw yara-python over the image file, same image, same run.
 
-    python bench/bench_vadsearch.py [--image images/bench-large.raw]
+    python bench/bench_vadsearch.py [--image images/bench-large.raw] [--repeat 3]
 
 Builds the bench-large image first when it is missing.  Prints Markdown for
-bench/RESULTS.md: wall time, MB/s of VAD data (wall, and net of Volatility's
+bench/RESULTS.md: median wall time of interleaved runs (page cache warmed first), MB/s of VAD data (wall, and net of Volatility's
 start-up measured with ``windows.pslist``), peak RSS, hits, the planted
 keywords each tool misses, and the ratios the issue sets targets for."""
 from __future__ import annotations
@@ -14,11 +14,12 @@ import csv
 import io
 import json
 import re
+import statistics
 import sys
 from pathlib import Path
-from typing import Dict, Set, Tuple
+from typing import Dict, List, Set, Tuple
 
-from common import DEFAULT_IMAGE, ensure_image, measure, vol
+from common import DEFAULT_IMAGE, ensure_image, measure, vol, warm_page_cache
 
 KEYWORDS = ["__CLEANSWEEP__", "cleansweep.exe", "hooked_func", "globpluginspipe", "__SPYNET__",
             "PR_Write", "SPYNET_CHUNK_EDGE", "collector.example.net", "config.bin", "zXeRY3a_PtW"]
@@ -57,6 +58,7 @@ def vol_hits(out: str, pid_col: str, addr_col: str) -> Set[Tuple[int, int]]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per tool (median reported)")
     args = parser.parse_args()
     ensure_image(args.image)
     truth = json.loads(args.image.with_name(args.image.stem + ".truth.json").read_text())
@@ -78,18 +80,27 @@ def main() -> None:
               f"[print(i.offset) for x in r.match({image!r}) for s in x.strings for i in s.instances]"],
              None),
     }
-    startup, _, _ = measure(vol("-f", image, "windows.pslist"))
+    warm_page_cache(args.image)
+    cases["Volatility start-up + windows.pslist"] = (vol("-f", image, "windows.pslist"), None)
+    runs: Dict[str, List[Tuple[float, float, str]]] = {name: [] for name in cases}
+    for _ in range(args.repeat):          # interleaved, so the host's drift affects every tool alike
+        for name, (cmd, _) in cases.items():
+            runs[name].append(measure(cmd))
+    median = {name: statistics.median(r[0] for r in results) for name, results in runs.items()}
+    startup = median.pop("Volatility start-up + windows.pslist")
     total = vad_bytes(truth) / 1e6
     expected = planted(truth)
     print(f"image: {args.image.name}, {args.image.stat().st_size / 2**20:.0f} MiB, committed VAD data "
           f"of listed processes: {total:.0f} MB, largest VAD "
           f"{max(v['end'] - v['start'] + 1 for v in truth['vads']) / 2**20:.0f} MiB; "
-          f"Volatility start-up + pslist: {startup:.1f} s; planted keywords: {len(expected)}\n")
-    print("| tool | wall s | MB/s wall | MB/s net of start-up | peak RSS MiB | hits | planted missed |")
-    print("|---|---|---|---|---|---|---|")
+          f"Volatility start-up + pslist: {startup:.1f} s (median); planted keywords: {len(expected)}; "
+          f"median of {args.repeat} interleaved runs, page cache warm\n")
+    print("| tool | wall s (median) | all runs s | MB/s wall | MB/s net of start-up | peak RSS MiB | hits | planted missed |")
+    print("|---|---|---|---|---|---|---|---|")
     rates, misses = {}, {}
-    for name, (cmd, columns) in cases.items():
-        seconds, rss, out = measure(cmd)
+    for name, seconds in median.items():
+        columns = cases[name][1]
+        out = runs[name][-1][2]
         if columns:
             found = vol_hits(out, *columns)
             missed = sorted(label for key, (label, _) in expected.items() if key not in found)
@@ -101,7 +112,8 @@ def main() -> None:
             hits, net = len(offsets), seconds
         rates[name] = (total / seconds, total / net)
         misses[name] = missed
-        print(f"| {name} | {seconds:.1f} | {total / seconds:.0f} | {total / net:.0f} | {rss:.0f} | "
+        print(f"| {name} | {seconds:.1f} | {', '.join(f'{r[0]:.1f}' for r in runs[name])} | "
+              f"{total / seconds:.0f} | {total / net:.0f} | {max(r[1] for r in runs[name]):.0f} | "
               f"{hits} | {len(missed)} |")
     ours, yarascan, _, ceiling = rates.values()
     print(f"\nratios (wall / net): vadsearch vs vadyarascan {ours[0] / yarascan[0]:.2f}x / "

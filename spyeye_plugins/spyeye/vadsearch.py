@@ -22,14 +22,14 @@ vollog = logging.getLogger(__name__)
 
 MAX_CONTEXT = 0x1000          # bytes of context either side of a hit, at most
 MAX_LINEAR_HITS = 1_000_000   # --compare-physical keeps at most this many linear-scan hits
-WORKERS = 2
+WORKERS = 2                   # matching threads: YARA runs outside the GIL, one compiled rule set
 READ_AHEAD = 3                # chunks read while the oldest one is matched (4 chunks held at most)
 
 
 def _scanned_ahead(chunks: Iterable[Tuple[Any, bytes, int]],
                    patterns: PatternSet) -> Iterator[Tuple[Any, int, List[Hit]]]:
     """``(meta, owned, hits)`` for each ``(meta, data, owned)`` chunk, in order.  Matching runs
-    in a worker thread (YARA releases the GIL) while the next chunks are read."""
+    in worker threads (YARA releases the GIL) while the next chunks are read."""
     with ThreadPoolExecutor(max_workers=WORKERS) as worker:
         queue: Deque = deque()
         for meta, data, owned in chunks:
