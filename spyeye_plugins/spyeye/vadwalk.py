@@ -3,8 +3,8 @@
 Shared by every plugin of the suite that looks at process memory."""
 from __future__ import annotations
 
-import logging
 import dataclasses
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
