@@ -61,8 +61,8 @@ def test_unaligned_ranges_and_unmapped_gaps_match(process_layers):
         assert reader.read(address, length) == layer.read(address, length, pad=True)
     # a range far from any VAD: unmapped tables read as zeros
     assert reader.read(0x7000000000, 0x5000) == bytes(0x5000)
-    assert not reader.mapped(0x7000000000, 0x5000)
-    assert reader.mapped(start, 0x1000)
+    assert reader.read_mapped(0x7000000000, 0x5000) is None
+    assert reader.read_mapped(start, 0x1000) == reader.read(start, 0x1000)
 
 
 def test_paged_out_page_counts_as_mapped_and_reads_as_volatility_does(process_layers, win7_image):
@@ -72,7 +72,7 @@ def test_paged_out_page_counts_as_mapped_and_reads_as_volatility_does(process_la
     layer = next(entry[1] for entry in layers if entry[0] == plant["pid"])
     reader = PageTableReader(layer)
     page = plant["va"] & ~0xFFF
-    assert not layer.is_valid(page) and reader.mapped(page, 0x1000)
+    assert not layer.is_valid(page) and reader.read_mapped(page, 0x1000) is not None
     assert reader.read(page, 0x1000) == layer.read(page, 0x1000, pad=True) == bytes(0x1000)
 
 
@@ -98,7 +98,7 @@ def test_compressed_image_is_read_through_volatility_not_raw_file(tmp_path, win7
     layer = physical.FileLayer(context, "gz", "gz")
     assert _raw_file_descriptor(layer) is None
     out = bytearray(0x2000)
-    _physical_filler(layer)(memoryview(out), 0x1000)
+    _physical_filler(layer, None)(memoryview(out), 0x1000)
     assert out == raw[0x1000:0x3000]
 
 
@@ -179,4 +179,5 @@ def test_random_x86_pae_and_x64_page_tables_read_like_volatility(cls, tmp_path):
             expected = layer.read(address, length, pad=True)
             assert reader.read(address, length) == expected, (cls.__name__, hex(address), hex(length))
             assert list(reader.frames(address, length)) == _volatility_frames(layer, address, length)
-            assert reader.mapped(address, length) or not any(expected)
+            got = reader.read_mapped(address, length)
+            assert got == expected or (got is None and not any(expected))

@@ -158,12 +158,12 @@ def test_keyword_in_vad_over_1gib_found_with_bounded_reads_where_vadyarascan_ski
     assert plant["vad_end"] - plant["vad_start"] + 1 > 1 << 30
     lengths = []
     reader = plugin_module("spyeye.pageread").PageTableReader
-    original = reader.read
+    original = reader._read
 
     def recording_read(self, address, length):
         lengths.append(length)
         return original(self, address, length)
-    monkeypatch.setattr(reader, "read", recording_read)
+    monkeypatch.setattr(reader, "_read", recording_read)
     rows = run_plugin(image, "spyeye.vadsearch.VadSearch",
                       {"keyword": ["__HUGE_VAD_KEYWORD__"], "pid": [plant["pid"]], "encoding": "ascii"})
     assert [(r["Address"], r["VAD Start"], r["Physical"]) for r in rows] == \

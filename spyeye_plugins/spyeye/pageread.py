@@ -37,9 +37,10 @@ class PageTableReader:
         self._fast = isinstance(layer, intel.Intel) and all(hasattr(layer, a) for a in _NEEDED)
         if self._fast:
             physical_layer = layer.context.layers[layer._base_layer]
-            self._fill_physical = _physical_filler(physical_layer)
-            fileno = _raw_file_descriptor(physical_layer) if hasattr(os, "preadv") else None
-            self._preadv = None if fileno is None else functools.partial(os.preadv, fileno)
+            fileno = _raw_file_descriptor(physical_layer)
+            self._fill_physical = _physical_filler(physical_layer, fileno)
+            self._preadv = functools.partial(os.preadv, fileno) \
+                if fileno is not None and hasattr(os, "preadv") else None
             self._limit = physical_layer.maximum_address + 1
             count = layer.page_size // layer._entry_size
             self._unpack: Callable[[bytes], Tuple[int, ...]] = struct.Struct(
@@ -51,48 +52,50 @@ class PageTableReader:
 
     def read(self, address: int, length: int) -> bytes:
         """``length`` bytes at ``address``; unreadable pages read as zeros."""
+        return self._read(address, length)[0]
+
+    def read_mapped(self, address: int, length: int) -> Optional[bytes]:
+        """As :meth:`read`, but None when no page of the range has a page-table entry
+        (reserved memory: nothing to read), found in the same walk."""
+        data, mapped = self._read(address, length)
+        return data if mapped else None
+
+    def _read(self, address: int, length: int) -> Tuple[bytes, bool]:
+        """The bytes, and whether any page of the range has a page-table entry."""
         if not self._fast:
-            return self._layer.read(address, length, pad=True)
-        out = bytearray(length)
-        runs: List[List[int]] = []          # [output offset, physical address, length]
+            return self._layer.read(address, length, pad=True), True
+        runs: List[List[int]] = []              # [output offset, physical address, length]
+        pieces: List[Tuple[int, bytes]] = []    # (output offset, bytes the layer itself read)
         position, end = address, address + length
         while position < end:
             kind, value, bits = self._walk(position)
             stop = min(end, ((position >> bits) + 1) << bits)
-            if kind == _LEAF:
-                self._leaf_runs(value, position, stop, address, out, runs)
+            if kind == _LEAF and self._any_entry(value, position, stop):
+                self._leaf_runs(value, position, stop, address, pieces, runs)
             elif kind == _LARGE:
                 frame = (self._layer._pte_pfn(value) << self._layer.page_shift) \
                     | (position & ((1 << bits) - 1))
                 _add_run(runs, position - address, frame, stop - position)
             elif kind == _DELEGATE:
-                out[position - address:stop - address] = self._layer.read(position, stop - position, pad=True)
+                pieces.append((position - address, self._layer.read(position, stop - position, pad=True)))
             position = stop
+        if not runs and not pieces:
+            return bytes(length), False     # huge reserved VADs are mostly this: no buffer to fill
+        out = bytearray(length)
+        for offset, data in pieces:
+            out[offset:offset + len(data)] = data
         view, fill, preadv, limit = memoryview(out), self._fill_physical, self._preadv, self._limit
         for offset, frame_address, size in runs:
             if preadv is not None and frame_address + size <= limit:     # the common case, inlined
                 preadv([view[offset:offset + size]], frame_address)
             else:
                 fill(view[offset:offset + size], frame_address)
-        return bytes(out)
+        return bytes(out), True
 
-    def mapped(self, address: int, length: int) -> bool:
-        """False when no page of the range has a page-table entry (nothing to read)."""
-        if not self._fast:
-            return True
-        position, end = address, address + length
-        while position < end:
-            kind, value, bits = self._walk(position)
-            stop = min(end, ((position >> bits) + 1) << bits)
-            if kind in (_LARGE, _DELEGATE):
-                return True
-            if kind == _LEAF:
-                shift, mask = self._layer.page_shift, len(value) - 1
-                first, last = (position >> shift) & mask, ((stop - 1) >> shift) & mask
-                if any(value[first:last + 1]):
-                    return True
-            position = stop
-        return False
+    def _any_entry(self, entries: Tuple[int, ...], start: int, stop: int) -> bool:
+        """Whether any page of [start, stop) (inside one leaf table) has a non-zero entry."""
+        shift, mask = self._layer.page_shift, len(entries) - 1
+        return any(entries[(start >> shift) & mask:(((stop - 1) >> shift) & mask) + 1])
 
     def frames(self, address: int, length: int) -> Iterator[int]:
         """Physical frame number of each readable page in the range (what
@@ -159,9 +162,9 @@ class PageTableReader:
         return self._tables[base]
 
     def _leaf_runs(self, entries: Tuple[int, ...], start: int, stop: int, origin: int,
-                   out: bytearray, runs: List[List[int]]) -> None:
+                   pieces: List[Tuple[int, bytes]], runs: List[List[int]]) -> None:
         """Add the runs of [start, stop) (inside one leaf table) to ``runs``; pages that
-        only the layer can read (swapped, prototype) are read into ``out`` at once."""
+        only the layer can read (swapped, prototype) are read now, into ``pieces``."""
         layer, frame_mask = self._layer, self._frame_mask
         page_size, shift, mask = layer.page_size, layer.page_shift, len(entries) - 1
         valid, pfn = layer._page_is_valid, layer._pte_pfn
@@ -178,17 +181,17 @@ class PageTableReader:
                 else:
                     runs.append([position - origin, frame, page_end - position])
             elif entry:
-                out[position - origin:page_end - origin] = layer.read(position, page_end - position, pad=True)
+                pieces.append((position - origin, layer.read(position, page_end - position, pad=True)))
             position = page_end
 
 
-def _physical_filler(layer: interfaces.layers.DataLayerInterface) -> Callable[[memoryview, int], None]:
+def _physical_filler(layer: interfaces.layers.DataLayerInterface,
+                     fileno: Optional[int]) -> Callable[[memoryview, int], None]:
     """``fill(view, address)``: the bytes at ``address`` into the zeroed buffer ``view``
     (what lies outside the layer stays zero).  A raw image file is read straight into the
     buffer with ``os.preadv`` or ``os.pread`` (no seek, no lock: the file is only read);
     anything else (a compressed or remote image, another layer type, a system without
-    ``pread``) goes through ``layer.read``."""
-    fileno = _raw_file_descriptor(layer)
+    ``pread``) goes through ``layer.read``.  ``fileno``: :func:`_raw_file_descriptor` of it."""
     if fileno is not None and hasattr(os, "preadv"):
         limit = layer.maximum_address + 1
 

@@ -308,8 +308,9 @@ def read_chunks(layer: interfaces.layers.DataLayerInterface, start: int, end: in
     while address <= end:
         owned = min(chunk, end + 1 - address)
         length = min(owned + overlap, end + 1 - address)
-        if not skip_unmapped or reader.mapped(address, length):
-            yield address, reader.read(address, length), owned
+        data = reader.read_mapped(address, length) if skip_unmapped else reader.read(address, length)
+        if data is not None:
+            yield address, data, owned
         address += owned
 
 
