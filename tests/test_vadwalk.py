@@ -32,6 +32,21 @@ def test_vad_facts_match_volatility_helpers_for_every_vad(win7_image):
     assert compared == len([v for v in truth["vads"] if v["pid"] in linked])
 
 
+def test_vad_type_without_a_usable_layout_is_read_field_by_field(win7_image, monkeypatch):
+    def no_layout(vad):
+        raise AttributeError("data_format")
+    monkeypatch.setattr(vadwalk, "_vad_layout", no_layout)
+    monkeypatch.setattr(vadwalk, "_LAYOUTS", vadwalk.weakref.WeakKeyDictionary())
+    image, truth = win7_image
+    plugin = construct(image, "windows.pslist.PsList")
+    context, kernel_name = plugin.context, plugin.config["kernel"]
+    protect = vadwalk.protection_values(context, kernel_name)
+    proc = next(p for p in pslist.PsList.list_processes(context, kernel_name) if p.UniqueProcessId == 2356)
+    facts = list(vadwalk.process_vads(proc, protect))
+    assert [(f.start, f.end, f.private) for f in facts] == sorted(
+        (v["start"], v["end"], v["private"]) for v in truth["vads"] if v["pid"] == 2356)
+
+
 def test_image_flag_and_sizes_from_the_truth(win7_image):
     image, truth = win7_image
     plugin = construct(image, "windows.pslist.PsList")

@@ -208,7 +208,11 @@ def _fast_facts(vad, protect_values: Optional[List[int]]) -> Optional[Tuple[int,
     VAD's type has no layout (then the caller asks Volatility field by field)."""
     type_name, layouts = vad.vol.type_name, _LAYOUTS.setdefault(vad._context, {})
     if type_name not in layouts:
-        layouts[type_name] = _vad_layout(vad)
+        try:
+            layouts[type_name] = _vad_layout(vad)
+        except (AttributeError, KeyError) as exc:     # a field shaped unlike any table we know
+            vollog.debug("VAD type %s read field by field: %s", type_name, exc)
+            layouts[type_name] = None
     layout = layouts[type_name]
     if layout is None:
         return None
