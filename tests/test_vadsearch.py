@@ -90,6 +90,15 @@ def test_freed_memory_hit_listed_without_owner(win7_image, hits):
     assert not vad_hits & {r["Physical"] for r in rows}
 
 
+def test_yara_engine_reports_the_same_rows_as_the_default(win7_image, hits):
+    """``--engine yara`` (the fallback where Hyperscan is missing) gives the default's rows."""
+    image, _ = win7_image
+    rows = run_plugin(image, "spyeye.vadsearch.VadSearch",
+                      {"keyword": KEYWORDS, "compare_physical": True, "engine": "yara"})
+    assert len(rows) > 20
+    assert rows == hits
+
+
 def test_physical_only_hits_of_unsearched_processes_are_not_called_ownerless(win7_image):
     image, truth = win7_image
     (mine,) = _plants(truth, "explorer-utf16")

@@ -22,7 +22,7 @@ vollog = logging.getLogger(__name__)
 
 MAX_CONTEXT = 0x1000          # bytes of context either side of a hit, at most
 MAX_LINEAR_HITS = 1_000_000   # --compare-physical keeps at most this many linear-scan hits
-WORKERS = 2                   # matching threads: YARA runs outside the GIL, one compiled rule set
+WORKERS = 2                   # matching threads: Hyperscan and YARA run outside the GIL
 READ_AHEAD = 3                # chunks read while the oldest one is matched (4 chunks held at most)
 
 
@@ -46,7 +46,7 @@ class VadSearch(interfaces.plugins.PluginInterface):
     """Searches every process's VADs for keywords, hex, regexes or YARA rules."""
 
     _required_framework_version = (2, 0, 0)
-    _version = (1, 1, 0)   # 1.1: scan_spaces
+    _version = (1, 2, 0)   # 1.1: scan_spaces; 1.2: --engine
 
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
@@ -63,6 +63,9 @@ class VadSearch(interfaces.plugins.PluginInterface):
                                            optional=True, description="Keyword encodings"),
             requirements.BooleanRequirement(name="ignore_case", default=False, optional=True,
                                             description="Case-insensitive keywords and regexes"),
+            requirements.ChoiceRequirement(name="engine", choices=["auto", "hyperscan", "yara"], default="auto",
+                                           optional=True, description="Matcher of keywords and hex "
+                                           "(auto: Hyperscan when installed and usable, else YARA)"),
             *vadwalk.process_filter_requirements(),
             requirements.IntRequirement(name="vad_start", optional=True,
                                         description="Only the VAD starting at this address"),
@@ -99,7 +102,7 @@ class VadSearch(interfaces.plugins.PluginInterface):
             keywords=self.config.get("keyword") or [], hex_patterns=self.config.get("hex") or [],
             regexes=self.config.get("regex") or [], yara_source=source,
             encodings=ENCODINGS if encoding == "both" else (encoding,),
-            ignore_case=bool(self.config.get("ignore_case")))
+            ignore_case=bool(self.config.get("ignore_case")), engine=self.config.get("engine") or "auto")
 
     def _ranges(self) -> List[Tuple[int, int]]:
         ranges = []
@@ -183,6 +186,7 @@ class VadSearch(interfaces.plugins.PluginInterface):
                     format_hints.HexBytes(context), vadwalk.optional(linear_found)))
 
     def _generator(self, patterns: PatternSet):
+        vollog.info("keywords and hex are matched with %s", patterns.engine)
         ranges = self._ranges()
         physical = self._physical_layer()
         linear = self._linear_hits(physical, patterns) if self.config.get("compare_physical") else None

@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from spyeye_plugins.spyeye.parsers import patterns as patterns_module
 from spyeye_plugins.spyeye.parsers.patterns import PatternError, PatternSet, hex_tokens, nonzero_windows
 from spyeye_plugins.spyeye import vadwalk
 
@@ -105,8 +106,11 @@ def test_several_vads_scanned_ahead_give_hits_in_order_with_their_keys():
                      ("vad3", 0x30000, 0x3F000)]
 
 
-def test_yara_match_limit_is_recorded_not_printed(recwarn):
-    patterns = PatternSet(hex_patterns=["00 00"], yara_source='rule z { strings: $z = { 00 00 00 } condition: $z }')
+@pytest.mark.parametrize("engine", ["yara", "hyperscan"])
+def test_yara_match_limit_is_recorded_not_printed(recwarn, engine):
+    """Past a million matches in a buffer Hyperscan hands the buffer to YARA, whose caps apply."""
+    patterns = PatternSet(hex_patterns=["00 00"], engine=engine,
+                          yara_source='rule z { strings: $z = { 00 00 00 } condition: $z }')
     hits = list(patterns.scan(bytes(3_000_000)))
     assert len(hits) == 2_000_000                                   # 1,000,000 per string: YARA's cap
     assert patterns.overflowed == {"00 00", "z:$z"}
@@ -160,3 +164,40 @@ def test_patterns_that_can_match_zeros_scan_every_byte(kwargs):
     assert not patterns.skips_zeros
     if "hex_patterns" in kwargs:
         assert [h.offset for h in patterns.scan(bytes(0x3000))][:3] == [0, 1, 2]
+
+
+# --- Hyperscan and YARA match the same fixed patterns -------------------------------------------
+_ALPHABET = b"aAbB\x00\x01\xc3\xa9zZ-"
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=600) | st.lists(st.sampled_from(list(_ALPHABET)), max_size=600).map(bytes),
+       words=st.lists(st.text(alphabet="aAbBzZ-\xe9\u0100", min_size=1, max_size=4), max_size=4),
+       hexes=st.lists(st.lists(st.sampled_from(["61", "41", "00", "??", "C3", "A9", "01"]), min_size=1,
+                               max_size=4).filter(lambda t: set(t) != {"??"}), max_size=3),
+       ignore_case=st.booleans())
+def test_hyperscan_and_yara_report_the_same_hits(data, words, hexes, ignore_case):
+    """Overlapping matches, nocase (ASCII folding only), UTF-16LE of non-ASCII words and
+    wildcards: both engines report the same hits (offset, length, pattern, encoding)."""
+    if not (words or hexes):
+        return
+    kwargs = dict(keywords=words, hex_patterns=[" ".join(h) for h in hexes], ignore_case=ignore_case)
+    hyper, yara_only = PatternSet(engine="hyperscan", **kwargs), PatternSet(engine="yara", **kwargs)
+    assert (hyper.engine, yara_only.engine) == ("hyperscan", "yara")
+    assert sorted(hyper._scan(data), key=_key) == sorted(yara_only._scan(data), key=_key)
+
+
+def test_hyperscan_finds_overlapping_and_wide_hits_at_their_start():
+    hits = PatternSet(keywords=["aa", "Ab"], ignore_case=True, engine="hyperscan")._scan(b"aaaAb a\x00B\x00")
+    assert sorted((h.offset, h.length, h.pattern, h.encoding) for h in hits) == [
+        (0, 2, "aa", "ascii"), (1, 2, "aa", "ascii"), (2, 2, "aa", "ascii"), (3, 2, "Ab", "ascii"),
+        (6, 4, "Ab", "utf-16le")]
+
+
+def test_unknown_engine_and_unavailable_hyperscan_are_pattern_errors(monkeypatch):
+    with pytest.raises(PatternError, match="unknown engine"):
+        PatternSet(keywords=["x"], engine="grep")
+    monkeypatch.setattr(patterns_module, "hyperscan", None)
+    with pytest.raises(PatternError, match="hyperscan is not installed"):
+        PatternSet(keywords=["x"], engine="hyperscan")
+    assert PatternSet(keywords=["x"]).engine == "yara"       # auto falls back to YARA

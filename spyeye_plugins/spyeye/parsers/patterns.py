@@ -1,13 +1,26 @@
 """Search patterns (keywords, hex with ``??`` wildcards, regexes, YARA) compiled
 once into matchers that scan a buffer and report ``Hit``s.  Pure functions of
-bytes: the plugin feeds them memory chunks."""
+bytes: the plugin feeds them memory chunks.
+
+Keywords and hex patterns (fixed-length byte patterns) are matched by Hyperscan
+when it is installed and runs on this CPU (about 4x YARA's speed on memory
+pages), by YARA otherwise; both report the same hits."""
 from __future__ import annotations
 
+import logging
 import re
+import threading
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Sequence, Set, Tuple
 
 import yara
+
+try:
+    import hyperscan
+except ImportError:     # optional accelerator: YARA matches the same patterns
+    hyperscan = None
+
+vollog = logging.getLogger(__name__)
 
 ENCODINGS = ("ascii", "utf-16le")
 _HEX_TOKEN = re.compile(r"^(?:[0-9A-Fa-f]{2}|\?\?)$")
@@ -44,19 +57,99 @@ def _escape(data: bytes) -> str:
     return "".join(f"\\x{b:02x}" for b in data)
 
 
+@dataclass(frozen=True)
+class FixedPattern:
+    """A fixed-length byte pattern: ``tokens`` are byte values, ``None`` for any byte;
+    ``caseless`` folds ASCII letters only (as YARA's ``nocase`` does)."""
+
+    pattern: str
+    kind: str
+    encoding: str
+    tokens: Tuple[Optional[int], ...]
+    caseless: bool = False
+
+    def yara_string(self) -> str:
+        if None in self.tokens:
+            return "{ " + " ".join("??" if t is None else f"{t:02X}" for t in self.tokens) + " }"
+        return f'"{_escape(bytes(self.tokens))}"' + (" nocase" if self.caseless else "")
+
+    def hyperscan_expression(self) -> bytes:
+        return b"".join(b"." if t is None else b"\\x%02x" % t for t in self.tokens)
+
+
+class HyperscanMatcher:
+    """Fixed-length patterns in one Hyperscan database (block mode, one scratch per thread).
+    Raises ``hyperscan.error`` when the library cannot compile or run here."""
+
+    LIMIT = 1_000_000     # matches per buffer; past it the caller rescans with YARA, whose caps apply
+
+    def __init__(self, patterns: Sequence[FixedPattern]) -> None:
+        self._lengths = [len(p.tokens) for p in patterns]
+        self._db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+        self._db.compile(
+            expressions=[p.hyperscan_expression() for p in patterns], ids=list(range(len(patterns))),
+            elements=len(patterns),
+            flags=[hyperscan.HS_FLAG_DOTALL | (hyperscan.HS_FLAG_CASELESS if p.caseless else 0)
+                   for p in patterns])
+        self._local = threading.local()
+        self._scratch()       # allocation fails here, not in a worker thread, on an unusable CPU
+
+    def _scratch(self):
+        scratch = getattr(self._local, "scratch", None)
+        if scratch is None:
+            scratch = self._local.scratch = hyperscan.Scratch(self._db)
+        return scratch
+
+    def matches(self, data) -> Optional[List[Tuple[int, int]]]:
+        """``(pattern index, offset)`` of every match, or None past ``LIMIT`` matches."""
+        ends: List[Tuple[int, int]] = []
+        limit, append = self.LIMIT, ends.append
+
+        def on_match(index: int, _from: int, end: int, _flags: int, _context) -> bool:
+            append((index, end))
+            return len(ends) > limit
+        try:
+            self._db.scan(data, match_event_handler=on_match, scratch=self._scratch())
+        except hyperscan.ScanTerminated:
+            return None
+        lengths = self._lengths
+        return [(index, end - lengths[index]) for index, end in ends]
+
+
+def _hyperscan_matcher(fixed: Sequence[FixedPattern], engine: str) -> Optional[HyperscanMatcher]:
+    if not fixed or engine == "yara":
+        return None
+    if hyperscan is None:
+        if engine == "hyperscan":
+            raise PatternError("the hyperscan engine was asked for, but hyperscan is not installed")
+        return None
+    try:
+        return HyperscanMatcher(fixed)
+    except hyperscan.error as exc:
+        if engine == "hyperscan":
+            raise PatternError(f"hyperscan cannot be used here: {exc}") from exc
+        vollog.info("Hyperscan unusable here (%s): matching keywords and hex with YARA", exc)
+        return None
+
+
 class PatternSet:
-    """Every pattern of one run, scanned in a single pass per buffer."""
+    """Every pattern of one run, scanned in a single pass per buffer.  ``engine`` picks the
+    matcher of keywords and hex: ``auto`` (Hyperscan when usable), ``hyperscan`` or ``yara``."""
 
     def __init__(self, keywords: Sequence[str] = (), hex_patterns: Sequence[str] = (),
                  regexes: Sequence[str] = (), yara_source: Optional[str] = None,
                  encodings: Sequence[str] = ENCODINGS, ignore_case: bool = False,
-                 max_regex_length: int = 256) -> None:
-        self._names: List[Tuple[str, str, str]] = []  # identifier index -> (pattern, kind, encoding)
-        self.max_length = 1
+                 max_regex_length: int = 256, engine: str = "auto") -> None:
+        if engine not in ("auto", "hyperscan", "yara"):
+            raise PatternError(f"unknown engine {engine!r} (choose from auto, hyperscan, yara)")
         self.overflowed: Set[str] = set()   # patterns YARA stopped counting in some buffer
-        rule_strings = self._keyword_strings(keywords, encodings, ignore_case)
-        rule_strings += self._hex_strings(hex_patterns)
-        self._builtin = self._compile_builtin(rule_strings)
+        self._fixed = self._keyword_patterns(keywords, encodings, ignore_case) + \
+            [FixedPattern(text, "hex", "bytes", tuple(None if t == "??" else int(t, 16) for t in hex_tokens(text)))
+             for text in hex_patterns]
+        self.max_length = max([1] + [len(p.tokens) for p in self._fixed])
+        self._builtin = self._compile_builtin(self._fixed)
+        self._hyperscan = _hyperscan_matcher(self._fixed, engine)
+        self.engine = "hyperscan" if self._hyperscan else "yara"
         self._regexes = self._compile_regexes(regexes, ignore_case)
         if self._regexes:
             self.max_length = max(self.max_length, max_regex_length)
@@ -67,13 +160,8 @@ class PatternSet:
             raise PatternError("no pattern given: use --keyword, --hex, --regex or --yara-*")
         self.skips_zeros = self._user_rules is None and not any(self._scan(bytes(2 * self.max_length)))
 
-    def _add(self, pattern: str, kind: str, encoding: str, body: str, length: int) -> str:
-        ident = f"$p{len(self._names)}"
-        self._names.append((pattern, kind, encoding))
-        self.max_length = max(self.max_length, length)
-        return f"{ident} = {body}"
-
-    def _keyword_strings(self, keywords, encodings, ignore_case) -> List[str]:
+    @staticmethod
+    def _keyword_patterns(keywords, encodings, ignore_case) -> List[FixedPattern]:
         bad = [e for e in encodings if e not in ENCODINGS]
         if bad:
             raise PatternError(f"unknown encoding {bad[0]!r} (choose from {', '.join(ENCODINGS)})")
@@ -81,32 +169,19 @@ class PatternSet:
         for word in keywords:
             if not word:
                 raise PatternError("empty keyword")
-            raw = word.encode("utf-8")
-            nocase = " nocase" if ignore_case else ""
             if "ascii" in encodings:
-                out.append(self._add(word, "keyword", "ascii", f'"{_escape(raw)}"{nocase}', len(raw)))
-            if "utf-16le" in encodings:
-                wide = word.encode("utf-16-le")
-                if word.isascii():
-                    body = f'"{_escape(raw)}" wide{nocase}'
-                else:
-                    body = "{ " + " ".join(f"{b:02X}" for b in wide) + " }"
-                out.append(self._add(word, "keyword", "utf-16le", body, len(wide)))
-        return out
-
-    def _hex_strings(self, hex_patterns) -> List[str]:
-        out = []
-        for text in hex_patterns:
-            tokens = hex_tokens(text)
-            out.append(self._add(text, "hex", "bytes", "{ " + " ".join(tokens) + " }", len(tokens)))
+                out.append(FixedPattern(word, "keyword", "ascii", tuple(word.encode("utf-8")), ignore_case))
+            if "utf-16le" in encodings:   # case folding stays ASCII-only, as YARA's nocase wide
+                out.append(FixedPattern(word, "keyword", "utf-16le", tuple(word.encode("utf-16-le")),
+                                        ignore_case and word.isascii()))
         return out
 
     @staticmethod
-    def _compile_builtin(strings: List[str]) -> Optional[yara.Rules]:
-        if not strings:
+    def _compile_builtin(fixed: Sequence[FixedPattern]) -> Optional[yara.Rules]:
+        if not fixed:
             return None
-        source = "rule spyeye_search {\n strings:\n  " + "\n  ".join(strings) + \
-            "\n condition:\n  any of them\n}\n"
+        source = "rule spyeye_search {\n strings:\n  " + "\n  ".join(
+            f"$p{i} = {p.yara_string()}" for i, p in enumerate(fixed)) + "\n condition:\n  any of them\n}\n"
         try:
             return yara.compile(source=source)
         except yara.Error as exc:
@@ -134,7 +209,7 @@ class PatternSet:
 
     def _builtin_warning(self, kind: int, string) -> int:
         if kind == yara.CALLBACK_TOO_MANY_MATCHES:
-            self.overflowed.add(self._names[int(string.string[2:])][0])
+            self.overflowed.add(self._fixed[int(string.string[2:])].pattern)
         return yara.CALLBACK_CONTINUE
 
     def _user_warning(self, kind: int, string) -> int:
@@ -159,12 +234,7 @@ class PatternSet:
                 yield hit if not start else Hit(hit.offset + start, hit.length, hit.pattern, hit.kind, hit.encoding)
 
     def _scan(self, data) -> Iterator[Hit]:
-        if self._builtin is not None:
-            for match in self._builtin.match(data=data, warnings_callback=self._builtin_warning):
-                for string in match.strings:
-                    pattern, kind, encoding = self._names[int(string.identifier[2:])]
-                    for inst in string.instances:
-                        yield Hit(inst.offset, inst.matched_length, pattern, kind, encoding)
+        yield from self._scan_fixed(data)
         for text, regex in self._regexes:
             for m in regex.finditer(data):
                 if m.end() > m.start():
@@ -175,6 +245,19 @@ class PatternSet:
                     for inst in string.instances:
                         yield Hit(inst.offset, inst.matched_length,
                                   f"{match.rule}:{string.identifier}", "yara", "bytes")
+
+    def _scan_fixed(self, data) -> Iterator[Hit]:
+        found = self._hyperscan.matches(data) if self._hyperscan is not None else None
+        if found is not None:
+            for index, offset in found:
+                fixed = self._fixed[index]
+                yield Hit(offset, len(fixed.tokens), fixed.pattern, fixed.kind, fixed.encoding)
+        elif self._builtin is not None:
+            for match in self._builtin.match(data=data, warnings_callback=self._builtin_warning):
+                for string in match.strings:
+                    fixed = self._fixed[int(string.identifier[2:])]
+                    for inst in string.instances:
+                        yield Hit(inst.offset, inst.matched_length, fixed.pattern, fixed.kind, fixed.encoding)
 
 
 PAGE = 0x1000
