@@ -123,6 +123,7 @@ def _random_tables(cls, rng: random.Random, frames: int = 512) -> Tuple[bytearra
     for frame in range(frames):
         memory[frame * 0x1000:frame * 0x1000 + 8] = struct.pack("<Q", frame)   # tell pages apart
     size = struct.calcsize(cls._entry_format)
+    nx = 1 << 63 if size == 8 else 0
     free = list(range(16, frames))
     rng.shuffle(free)
     last = len(cls._structure) - 1
@@ -142,6 +143,8 @@ def _random_tables(cls, rng: random.Random, frames: int = 512) -> Tuple[bytearra
                     entry = table(level + 1) | 0x7
             else:
                 entry = rng.choice([free[rng.randrange(len(free))] * 0x1000 | 0x7,
+                                    rng.randrange(frames, frames * 2) * 0x1000 | 0x7,       # past the image
+                                    free[rng.randrange(len(free))] * 0x1000 | 0x7 | nx,
                                     rng.randrange(frames * 2) * 0x1000 | 0x800,      # transition
                                     0x400 | rng.randrange(1 << 20) << 12,            # prototype
                                     0x80 | rng.randrange(1, 1 << 10) << 12])         # swapped

@@ -165,24 +165,48 @@ class PageTableReader:
                    pieces: List[Tuple[int, bytes]], runs: List[List[int]]) -> None:
         """Add the runs of [start, stop) (inside one leaf table) to ``runs``; pages that
         only the layer can read (swapped, prototype) are read now, into ``pieces``."""
-        layer, frame_mask = self._layer, self._frame_mask
-        page_size, shift, mask = layer.page_size, layer.page_shift, len(entries) - 1
+        shift, mask = self._layer.page_shift, len(entries) - 1
+        first, last = start >> shift, (stop - 1) >> shift
+        segment = entries[first & mask:(last & mask) + 1]
+        if self._frame_mask is None or not all(entry & 1 or not entry for entry in segment):
+            self._leaf_runs_by_page(segment, start, stop, origin, pieces, runs)
+            return
+        # the common case, in comprehensions (the hot loop): every entry empty or present
+        size, frame_mask, count = self._layer.page_size, self._frame_mask, len(segment)
+        frames = [entry & frame_mask for entry in segment]
+        starts = [k for k in range(count) if segment[k] and (
+            k == 0 or not segment[k - 1] or frames[k - 1] + size != frames[k])]
+        ends = [k for k in range(count) if segment[k] and (
+            k == count - 1 or not segment[k + 1] or frames[k] + size != frames[k + 1])]
+        offset = (first << shift) - origin
+        new = [[offset + (k << shift), frames[k], (end + 1 - k) << shift] for k, end in zip(starts, ends)]
+        if not new:
+            return
+        head, tail = start & (size - 1), ((last + 1) << shift) - stop
+        if head and starts[0] == 0:
+            new[0] = [new[0][0] + head, new[0][1] + head, new[0][2] - head]
+        if tail and ends[-1] == count - 1:
+            new[-1][2] -= tail
+        _add_run(runs, *new[0])
+        runs.extend(new[1:])
+
+    def _leaf_runs_by_page(self, segment: Tuple[int, ...], start: int, stop: int, origin: int,
+                           pieces: List[Tuple[int, bytes]], runs: List[List[int]]) -> None:
+        """:meth:`_leaf_runs` one page at a time: entries the layer reads itself, or frames
+        that only its ``_pte_pfn`` can decode."""
+        layer = self._layer
+        page_size, shift = layer.page_size, layer.page_shift
         valid, pfn = layer._page_is_valid, layer._pte_pfn
-        position = start
+        position, index = start, 0
         while position < stop:
             page_end = min(stop, (position | (page_size - 1)) + 1)
-            entry = entries[(position >> shift) & mask]
+            entry = segment[index]
             if valid(entry):
-                frame = (entry & frame_mask if frame_mask is not None else pfn(entry) << shift) \
-                    | (position & (page_size - 1))
-                last = runs[-1] if runs else None       # _add_run, inlined: this is the hot loop
-                if last and last[0] + last[2] == position - origin and last[1] + last[2] == frame:
-                    last[2] += page_end - position
-                else:
-                    runs.append([position - origin, frame, page_end - position])
+                _add_run(runs, position - origin, pfn(entry) << shift | (position & (page_size - 1)),
+                         page_end - position)
             elif entry:
                 pieces.append((position - origin, layer.read(position, page_end - position, pad=True)))
-            position = page_end
+            position, index = page_end, index + 1
 
 
 def _physical_filler(layer: interfaces.layers.DataLayerInterface,

@@ -158,7 +158,10 @@ class PatternSet:
             self.max_length = max(self.max_length, max_regex_length)
         if not (self._builtin or self._regexes or self._user_rules):
             raise PatternError("no pattern given: use --keyword, --hex, --regex or --yara-*")
-        self.skips_zeros = self._user_rules is None and not any(self._scan(bytes(2 * self.max_length)))
+        # finding the zero pages costs more than Hyperscan takes to scan them: worth it for YARA and re
+        slow = self._regexes or (self._builtin is not None and self._hyperscan is None)
+        self.skips_zeros = bool(slow) and self._user_rules is None and \
+            not any(self._scan(bytes(2 * self.max_length)))
 
     @staticmethod
     def _keyword_patterns(keywords, encodings, ignore_case) -> List[FixedPattern]:
@@ -222,8 +225,9 @@ class PatternSet:
 
         When no pattern can match bytes that are all zero (``skips_zeros``: keywords, hex
         and regexes that need a non-zero byte; never user YARA rules, whose conditions see
-        the whole buffer), runs of zero pages are not handed to the matchers: every match
-        then holds a non-zero byte and lies in a window around the non-zero bytes."""
+        the whole buffer) and a slow matcher is in use (YARA for keywords and hex, or a
+        regex), runs of zero pages are not handed to the matchers: every match then holds
+        a non-zero byte and lies in a window around the non-zero bytes."""
         if not self.skips_zeros:
             yield from self._scan(data)
             return
