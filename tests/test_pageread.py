@@ -176,6 +176,7 @@ def test_random_x86_pae_and_x64_page_tables_read_like_volatility(cls, tmp_path):
         mapped = [m[0] for m in layer.mapping(0, top, ignore_errors=True)][:200]
         assert mapped
         reader = PageTableReader(layer)
+        assert reader._frame_mask is not None          # the comprehension path is the one tested
         for address in rng.sample(mapped, min(40, len(mapped))):
             address = max(0, address + rng.randrange(-0x3000, 0x3000))
             length = min(rng.choice([1, 100, 0x1000, 0x5000, 0x40000]), top + 1 - address)

@@ -46,9 +46,11 @@ class PageTableReader:
             self._unpack: Callable[[bytes], Tuple[int, ...]] = struct.Struct(
                 f"<{count}{layer._entry_format[-1]}").unpack
             self._tables: dict = {}
-            # the frame address of a valid entry is a plain mask unless the layer redefines _pte_pfn
-            self._frame_mask = ((1 << layer._maxphyaddr) - 1) & ~(layer.page_size - 1) \
-                if type(layer)._pte_pfn is intel.Intel._pte_pfn else None
+            # a present entry is valid and its frame address a plain mask, unless the layer
+            # redefines _pte_pfn or _page_is_valid (Linux's, say): then entries go one at a time
+            plain = type(layer)._pte_pfn is intel.Intel._pte_pfn and type(layer)._page_is_valid in (
+                intel.Intel._page_is_valid, intel.WindowsMixin._page_is_valid)
+            self._frame_mask = ((1 << layer._maxphyaddr) - 1) & ~(layer.page_size - 1) if plain else None
 
     def read(self, address: int, length: int) -> bytes:
         """``length`` bytes at ``address``; unreadable pages read as zeros."""
