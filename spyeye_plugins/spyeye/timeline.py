@@ -4,22 +4,27 @@ event-log records (EVTX and XP-style EVT carved from process and freed memory).
 Processes and threads come from both the active lists and pool scans (stock
 plugins, through their versioned classmethods), merged per object with their
 provenance.  Times keep their sub-second part (Volatility's own conversion
-drops it).  ``--correlate`` makes the article's by-eye findings explicit."""
+drops it).  ``--correlate`` makes the article's by-eye findings explicit, and
+flags what cannot be right: threads that start in injected code, times after the
+capture or before the boot, event-log records another computer wrote."""
 from __future__ import annotations
 
+import argparse
 import bisect
 import logging
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
-from volatility3.framework import exceptions, interfaces, renderers
+from volatility3.framework import constants, exceptions, interfaces, renderers
 from volatility3.framework.configuration import requirements
 from volatility3.framework.symbols.windows.extensions import network
 from volatility3.plugins import timeliner
-from volatility3.plugins.windows import netscan, poolscanner, pslist, psscan, thrdscan, threads, vadinfo
+from volatility3.plugins.windows import info, netscan, poolscanner, pslist, psscan, thrdscan, threads, vadinfo
 
-from . import vadwalk
+from . import injected, vadwalk
+from .output import UsageError, text_cell
 from .pageread import PageTableReader
 from .parsers import eventlog
 
@@ -31,6 +36,9 @@ OVERLAP = eventlog.CHUNK_SIZE              # a chunk starting in a window is rea
 # Record magics (every non-empty EVTX chunk holds records), searched without their NUL
 # bytes: bytes.find is slow on needles ending in NUL over zeroed pages.
 MAGICS = ((b"**", b"\0\0"), (b"LfLe", b""))
+VALUE_CAP = 100                            # characters of one event-log value shown in Detail
+# --correlate defaults, see docs/timeline.md "Choosing the burst defaults"
+BURST, BURST_WINDOW, STARTUP = 5, 5, 10
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,10 @@ class Event:
     process: Optional[str]
     detail: str
     provenance: str
+    flags: Tuple[str, ...] = ()
+    start_in: Optional[Tuple[str, Optional[str]]] = None  # thread: (injected region, symbol) it starts at
+    computer: Optional[str] = None          # event-log record: the Computer that logged it
+    found_in: Optional[Tuple[int, str]] = None  # carved record: the process whose memory held it
 
     def sort_key(self) -> Tuple:
         return (self.time, SOURCES.index(self.source), -1 if self.pid is None else self.pid,
@@ -51,7 +63,11 @@ class Event:
 
     def values(self) -> Tuple:
         return (self.time, self.source, self.action, vadwalk.optional(self.pid),
-                vadwalk.optional(self.process), self.detail, self.provenance)
+                vadwalk.optional(self.process), text_cell(self.detail), "; ".join(self.flags),
+                text_cell(self.provenance))
+
+    def flagged(self, *flags: str) -> "Event":
+        return replace(self, flags=self.flags + flags)
 
 
 @dataclass
@@ -91,6 +107,7 @@ class Found:
     pid: Optional[int] = None
     process: Optional[str] = None
     where: str = ""
+    file: Optional[str] = None            # the mapped file (a live log) the record was read from
 
 
 def carve_windows(chunks: Iterable[Tuple[int, bytes, int]]
@@ -176,6 +193,166 @@ def _log_warnings(found: Found, reported: Set[Tuple]) -> None:
             record.record_id, note)
 
 
+# --------------------------------------------------------------------------- event-log values
+
+
+def _values(fields: Iterable[Tuple[Optional[str], str]]) -> str:
+    """``Name=value; …`` (a bare value where the record names none), each value capped at
+    VALUE_CAP characters with an ellipsis."""
+    def cap(value: str) -> str:
+        return value if len(value) <= VALUE_CAP else value[:VALUE_CAP - 1] + "\u2026"
+    return "; ".join(f"{name}={cap(value)}" if name else cap(value) for name, value in fields)
+
+
+def this_computer(found: Sequence[Found]) -> Optional[str]:
+    """This machine's name: the Computer most records of the live logs (chunks in mapped
+    ``.evtx`` files) carry; without those, the most common Computer of every carved record."""
+    live = [f.record.computer for f in found if f.file and f.file.lower().endswith(".evtx")
+            and getattr(f.record, "chunk", None) is not None and f.record.computer]
+    names = Counter(live or [f.record.computer for f in found if f.record.computer])
+    ranked = names.most_common(2)
+    if not ranked or (len(ranked) == 2 and ranked[0][1] == ranked[1][1]):
+        return None                     # nothing to go by, or a tie
+    return ranked[0][0]
+
+
+def same_computer(a: str, b: str) -> bool:
+    """NetBIOS name or FQDN, compared by the host label, case-insensitively."""
+    return a.split(".", 1)[0].lower() == b.split(".", 1)[0].lower()
+
+
+# --------------------------------------------------------------------------- thread starts
+
+
+def _thread_detail(tid: int, start: int, win32: int, space: Optional["ProcessCode"]) -> str:
+    """``TID n, start …``; the StartAddress is left out when it is ntdll's thread-start
+    thunk (RtlUserThreadStart, the same for every user thread) and a Win32 start is known."""
+    if not win32 or win32 == start:
+        return f"TID {tid}, start {start:#x}"
+    if space is not None and space.is_thread_start_thunk(start):
+        return f"TID {tid}, Win32 start {win32:#x}"
+    return f"TID {tid}, start {start:#x}, Win32 start {win32:#x}"
+
+
+def export_at(pe, address: int) -> str:
+    """``Name``, ``Name+0x…`` (the nearest export at or before ``address``) or ``RVA 0x…``."""
+    before = [e for e in pe.exports if e.forwarder is None and e.address <= address]
+    if not before:
+        return f"RVA {address - pe.base:#x}"
+    nearest = max(before, key=lambda e: (e.address, e.ordinal))
+    name = nearest.name or f"ordinal {nearest.ordinal}"
+    return name if nearest.address == address else f"{name}+{address - nearest.address:#x}"
+
+
+class ProcessCode:
+    """One process's VADs and the regions ``spyeye.injected`` flags in it (found on first use)."""
+
+    def __init__(self, context, kernel_name: str, proc, protect) -> None:
+        self._args = (context, kernel_name, proc, protect)
+        self.vads = list(vadwalk.process_vads(proc, protect))
+        self._starts = [v.start for v in self.vads]
+        self._candidates: Optional[Dict[int, injected.Candidate]] = None
+
+    def vad_at(self, address: int) -> Optional[vadwalk.VadFacts]:
+        index = bisect.bisect_right(self._starts, address) - 1
+        return self.vads[index] if index >= 0 and address <= self.vads[index].end else None
+
+    def is_thread_start_thunk(self, address: int) -> bool:
+        """In ntdll.dll, where RtlUserThreadStart is: every user thread's StartAddress."""
+        vad = self.vad_at(address)
+        return bool(vad and vad.file and vad.file.rsplit("\\", 1)[-1].lower() == "ntdll.dll")
+
+    def candidates(self) -> Dict[int, injected.Candidate]:
+        if self._candidates is None:
+            context, kernel_name, proc, protect = self._args
+            self._candidates = {c.vad.start: c for c in injected.InjectedImages.list_candidates(
+                context, kernel_name, proc, protect, all_exec=True)}
+        return self._candidates
+
+    def locate(self, address: int) -> Optional[Tuple[str, Optional[str]]]:
+        """(region, symbol) when ``address`` lies in an injected image or private memory:
+        ``("ccgrabber.dll (private executable memory 0x…-0x…)", "SpyEye_Start")``; else None."""
+        vad = self.vad_at(address)
+        if vad is None or self.is_thread_start_thunk(address):
+            return None
+        candidate = self.candidates().get(vad.start) if vad.private or vad.executable else None
+        span = f"{vad.start:#x}-{vad.end:#x}"
+        offset = f"+{address - vad.start:#x}"
+        if candidate is not None and candidate.pe is not None:
+            name = candidate.pe.dll_name or "unnamed image"
+            return f"{name} ({candidate.reasons[0]} {span})", export_at(candidate.pe, address)
+        if candidate is not None:
+            return f"{candidate.reasons[0]} {span}", offset
+        if vad.private:
+            return f"private memory {span} ({vad.protection})", offset
+        return None
+
+
+class ThreadStarts:
+    """``ProcessCode`` of each listed process, built when one of its threads is looked up."""
+
+    def __init__(self, context, kernel_name: str, procs: Sequence) -> None:
+        self._args = (context, kernel_name, vadwalk.protection_values(context, kernel_name))
+        self._procs: Dict[int, Tuple[object, Optional[datetime]]] = {}
+        for proc in procs:
+            try:
+                self._procs[int(proc.UniqueProcessId)] = (proc, filetime(proc.CreateTime.QuadPart))
+            except exceptions.InvalidAddressException:
+                continue
+        self._spaces: Dict[int, Optional[ProcessCode]] = {}
+
+    def space(self, pid: int, created: Optional[datetime]) -> Optional[ProcessCode]:
+        """The code map of the listed process ``pid`` if the thread (created then) is its own."""
+        proc, started = self._procs.get(pid, (None, None))
+        if proc is None or (created and started and created < started):
+            return None                       # a thread of an earlier process with this PID
+        if pid not in self._spaces:
+            context, kernel_name, protect = self._args
+            self._spaces[pid] = ProcessCode(context, kernel_name, proc, protect) \
+                if vadwalk.process_layer(proc) else None
+        return self._spaces[pid]
+
+
+# --------------------------------------------------------------------------- options
+
+
+def choice(choices: Sequence[str]) -> type:
+    """A str type that argparse calls on each value: an unknown one fails at the command line."""
+    class Choice(str):
+        def __new__(cls, value: str):
+            if value.lower() not in choices:
+                raise argparse.ArgumentTypeError(f"unknown value {value!r} (choose from {', '.join(choices)})")
+            return super().__new__(cls, value.lower())
+    return Choice
+
+
+class ChoiceListRequirement(requirements.ListRequirement):
+    """Several values, each one of ``choices`` (``ChoiceRequirement`` takes a single value).
+
+    On the command line argparse checks each value through the element type (usage and one
+    error line, exit status 2, as for a ``ChoiceRequirement``); through the Python API an
+    unknown value leaves the requirement unsatisfied."""
+
+    def __init__(self, choices: Sequence[str], *args, **kwargs) -> None:
+        self.choices = [c.lower() for c in choices]
+        super().__init__(choice(self.choices), *args, **kwargs)
+
+    def unsatisfied(self, context: interfaces.context.ContextInterface,
+                    config_path: str) -> Dict[str, interfaces.configuration.RequirementInterface]:
+        path = interfaces.configuration.path_join(config_path, self.name)
+        value = self.config_value(context, path, None)
+        if value is None:
+            if not self.optional:
+                return {path: self}
+            context.config[path] = []
+            return {}
+        if not isinstance(value, list) or any(not isinstance(v, str) or v.lower() not in self.choices
+                                              for v in value):
+            vollog.log(constants.LOGLEVEL_V, "%s: values must be among %s", self.name, self.choices)
+            return {path: self}
+        return {}
+
+
 # --------------------------------------------------------------------------- plugin
 
 
@@ -196,8 +373,11 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
                                             version=(3, 0, 0)),
             requirements.VersionRequirement(name="timeliner", component=timeliner.TimeLinerInterface,
                                             version=(1, 0, 0)),
-            requirements.ListRequirement(name="source", element_type=str, optional=True,
-                                         description=f"Sources to include: {', '.join(SOURCES)} (default all)"),
+            requirements.VersionRequirement(name="info", component=info.Info, version=(2, 0, 0)),
+            requirements.VersionRequirement(name="injected", component=injected.InjectedImages,
+                                            version=(1, 0, 0)),
+            ChoiceListRequirement(name="source", choices=SOURCES, optional=True,
+                                  description=f"Sources to include: {', '.join(SOURCES)} (default all)"),
             requirements.StringRequirement(name="after", optional=True,
                                            description="Only events at or after this ISO 8601 time (UTC if no zone)"),
             requirements.StringRequirement(name="before", optional=True,
@@ -207,10 +387,13 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
                                             description="Show correlation flags instead of the timeline"),
             requirements.IntRequirement(name="window", default=10, optional=True,
                                         description="Seconds after a process start in which a connection is flagged"),
-            requirements.IntRequirement(name="burst", default=5, optional=True,
+            requirements.IntRequirement(name="burst", default=BURST, optional=True,
                                         description="Threads in one process that make a burst"),
-            requirements.IntRequirement(name="burst_window", default=1, optional=True,
+            requirements.IntRequirement(name="burst_window", default=BURST_WINDOW, optional=True,
                                         description="Seconds in which --burst threads make a burst"),
+            requirements.IntRequirement(name="startup", default=STARTUP, optional=True,
+                                        description="Seconds after a process start whose threads are "
+                                                    "its start-up, not a burst"),
             requirements.StringRequirement(name="body_file", optional=True,
                                            description="Also write a mactime body file with this name"),
         ]
@@ -264,9 +447,11 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
     # --- threads ----------------------------------------------------------------
     @classmethod
     def thread_events(cls, context: interfaces.context.ContextInterface, kernel_name: str,
-                      listed: Sequence, owner: Callable[[int, datetime], Optional[str]]) -> List[Event]:
+                      listed: Sequence, owner: Callable[[int, datetime], Optional[str]],
+                      starts: Optional["ThreadStarts"] = None) -> List[Event]:
         """Created/exited events of threads in the ``listed`` processes' thread
-        lists or in the pool; ``owner(pid, created)`` names the process."""
+        lists or in the pool; ``owner(pid, created)`` names the process; ``starts``
+        tells where start addresses lie (ntdll's thread-start thunk, injected code)."""
         merged: Dict[Tuple[int, int], Dict] = {}
         for proc in listed:
             try:
@@ -282,11 +467,18 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
         events = []
         for info in merged.values():
             provenance = _merge_provenance("threads", "thrdscan", info["seen"], bool(info["exit"]))
-            detail = f"TID {info['tid']}, start {info['start']:#x}, Win32 start {info['win32']:#x}"
+            space = starts.space(info["pid"], info["create"]) if starts else None
+            detail = _thread_detail(info["tid"], info["start"], info["win32"], space)
+            start_in = space.locate(info["win32"] or info["start"]) if space else None
+            if start_in is None and space and not space.is_thread_start_thunk(info["start"]):
+                start_in = space.locate(info["start"])
+            flags = (f"starts in {start_in[0]}" + (f" at {start_in[1]}" if start_in[1] else ""),) \
+                if start_in else ()
             for action, when in (("created", info["create"]), ("exited", info["exit"])):
                 if when:
                     events.append(Event(when, "thread", action, info["pid"],
-                                        owner(info["pid"], info["create"]), detail, provenance))
+                                        owner(info["pid"], info["create"]), detail, provenance,
+                                        flags=flags, start_in=start_in))
         return events
 
     @staticmethod
@@ -415,48 +607,88 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
                         mapped.add(pa)
                     file_name = f" {facts.file.rsplit(chr(92), 1)[-1]}" if facts.file else ""
                     found.append(Found(record, pa, pid, name,
-                                       f"PID {pid}{file_name} @ {record.offset:#x}"))
+                                       f"PID {pid}{file_name} @ {record.offset:#x}", facts.file))
         return found, mapped
 
     @staticmethod
     def record_event(found: Found) -> Optional[Event]:
-        """The timeline row of a carved record (None when it has no time)."""
+        """The timeline row of a carved record (None when it has no time).  PID and Process
+        stay empty: the process whose memory held a record did not log it (that is in the
+        provenance)."""
         record = found.record
+        holder = None if found.pid is None else (found.pid, found.process or "")
         if isinstance(record, eventlog.EvtRecord):
             when = next((t for t in (record.time_generated, record.time_written) if t.timestamp() > 0), None)
             if when is None:
                 return None                     # TimeGenerated and TimeWritten both 0
-            detail = (f"{record.computer} {record.source_name} {record.event_id} (record "
-                      f"{record.record_id}, EVT): {'; '.join(record.strings)}")
-            return Event(when, "eventlog", "logged", found.pid, found.process,
-                         detail, f"evt record in {found.where}")
+            detail = (f"{record.source_name} {record.event_id} (record {record.record_id}, EVT) on "
+                      f"{record.computer or '?'}: {_values((None, s) for s in record.strings)}")
+            return Event(when, "eventlog", "logged", None, None, detail, f"evt record in {found.where}",
+                         computer=record.computer or None, found_in=holder)
         if record.time is None:
             return None
         what = record.channel or "(channel unknown)"
         event_id = "?" if record.event_id is None else record.event_id
         detail = (f"{what} {event_id} (record {record.record_id}, {record.provider or 'provider unknown'})"
-                  f": {'; '.join(record.data)}")
+                  f" on {record.computer or '?'}: {_values(record.fields())}")
         kind = "evtx chunk" if record.source == "evtx-chunk" else "evtx record"
-        return Event(record.time, "eventlog", "logged", found.pid, found.process, detail,
-                     f"{kind} in {found.where}")
+        return Event(record.time, "eventlog", "logged", None, None, detail, f"{kind} in {found.where}",
+                     computer=record.computer, found_in=holder)
 
     # --- correlation ------------------------------------------------------------
     @staticmethod
-    def correlate(events: Sequence[Event], window: float, burst: int, burst_window: float) -> List[Flag]:
-        """(a) connections soon after another process started, (b) thread bursts,
-        (c) events of processes that had already exited."""
-        flags = (_connect_after_start(events, window) + _thread_bursts(events, burst, burst_window)
-                 + _after_exit(events))
+    def correlate(events: Sequence[Event], window: float, burst: int, burst_window: float,
+                  startup: float = 0) -> List[Flag]:
+        """(a) connections soon after another process started, (b) thread bursts after
+        the start-up, (c) events of processes that had already exited, (d) threads that
+        start in injected code, (e) rows whose time or computer cannot be right."""
+        flags = (_connect_after_start(events, window) + _thread_bursts(events, burst, burst_window, startup)
+                 + _after_exit(events) + _injected_starts(events) + _impossible(events))
         return sorted(flags, key=lambda f: (f.time, f.rule, f.pid or 0, f.detail))
 
-    # --- configuration ----------------------------------------------------------
-    def _sources(self) -> List[str]:
-        wanted = [s.lower() for s in self.config.get("source") or SOURCES]
-        unknown = sorted(set(wanted) - set(SOURCES))
-        if unknown:
-            raise ValueError(f"unknown --source {', '.join(unknown)} (choose from {', '.join(SOURCES)})")
-        return wanted
+    # --- time and machine checks ----------------------------------------------------
+    @classmethod
+    def capture_time(cls, context: interfaces.context.ContextInterface, kernel_name: str) -> Optional[datetime]:
+        """When the image was taken: ``_KUSER_SHARED_DATA.SystemTime`` (None if unreadable)."""
+        try:
+            system_time = info.Info.get_kuser_structure(context, kernel_name).SystemTime
+            return filetime((int(system_time.High1Time) << 32) | int(system_time.LowPart))
+        except (exceptions.InvalidAddressException, exceptions.SymbolError, AttributeError, TypeError) as exc:
+            vollog.warning("capture time unreadable (%s): rows are not checked against it", exc)
+            return None
 
+    @classmethod
+    def boot_time(cls, context: interfaces.context.ContextInterface, kernel_name: str,
+                  listed: Sequence) -> Optional[datetime]:
+        """When the system booted: the System process's create time, or (where the kernel
+        leaves that 0) the creation of System's first thread."""
+        system = next((p for p in listed if int(p.UniqueProcessId) == 4), None)
+        if system is None:
+            return None
+        try:
+            created = filetime(system.CreateTime.QuadPart)
+            if created is None:
+                times = [filetime(t.CreateTime.QuadPart) for t in threads.Threads.list_threads(context, kernel_name, system)]
+                created = min((t for t in times if t), default=None)
+        except exceptions.InvalidAddressException:
+            return None
+        return created
+
+    @staticmethod
+    def check_times(events: Sequence[Event], capture: Optional[datetime],
+                    boot: Optional[datetime]) -> List[Event]:
+        """Flag rows dated after the capture, and process, thread and socket rows dated
+        before the boot (event logs keep records of earlier boots: those are normal)."""
+        out = []
+        for event in events:
+            if capture and event.time > capture:
+                event = event.flagged(f"after the capture time (+{_span(event.time - capture)})")
+            elif boot and event.time < boot and event.source != "eventlog":
+                event = event.flagged(f"before the boot (-{_span(boot - event.time)})")
+            out.append(event)
+        return out
+
+    # --- configuration ----------------------------------------------------------
     def _bound(self, name: str) -> Optional[datetime]:
         text = self.config.get(name)
         if not text:
@@ -464,43 +696,57 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
         try:
             value = datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError as exc:
-            raise ValueError(f"--{name} {text!r} is not an ISO 8601 time") from exc
+            raise UsageError(f"--{name} {text!r} is not an ISO 8601 time "
+                             "(e.g. 2011-11-27T10:00:05 or 2011-11-27T10:00:05+09:00)") from exc
         return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
     def _keep(self, event: Event, after: Optional[datetime], before: Optional[datetime]) -> bool:
+        """Inside the time bounds, and of the ``--pid``/``--name`` processes (a carved record
+        by the process whose memory held it)."""
         pids = self.config.get("pid") or []
         names = {n.lower() for n in self.config.get("name") or []}
+        pid, process = event.found_in or (event.pid, event.process)
         return not ((after and event.time < after) or (before and event.time > before)
-                    or (pids and event.pid not in pids)
-                    or (names and (event.process or "").lower() not in names))
+                    or (pids and pid not in pids)
+                    or (names and (process or "").lower() not in names))
 
     # --- gathering ----------------------------------------------------------------
     def collect(self, sources: Sequence[str]) -> List[Event]:
-        """Every event of ``sources``, unfiltered and unsorted."""
+        """Every event of ``sources``, unfiltered and unsorted, with their flags."""
         kernel = self.config["kernel"]
         listed, scanned = self.find_processes(self.context, kernel)
         events = self.process_events(self.context, kernel, listed, scanned)
         names = {int(p.UniqueProcessId): vadwalk.process_name(p) for p in [*scanned, *listed]}
         if "thread" in sources:
-            events += self.thread_events(self.context, kernel, listed, process_at(events, names))
+            events += self.thread_events(self.context, kernel, listed, process_at(events, names),
+                                         ThreadStarts(self.context, kernel, listed))
         if "network" in sources:
             events += self.network_events(self.context, kernel, self.config_path, names)
         if "eventlog" in sources:
             events += self._eventlog_events(listed, scanned)
-        return [e for e in events if e.source in sources]
+        return self.check_times([e for e in events if e.source in sources],
+                                self.capture_time(self.context, kernel),
+                                self.boot_time(self.context, kernel, listed))
 
     def _eventlog_events(self, listed: Sequence, scanned: Sequence) -> List[Event]:
+        """Rows of the carved records; those another computer logged are flagged."""
         kernel = self.config["kernel"]
         procs = self._carving_processes(listed, scanned)
         narrowed = bool(self.config.get("pid") or self.config.get("name"))
         found = self.carve_event_logs(self.context, kernel, procs, not narrowed, self._progress_callback)
+        machine = this_computer(found)
+        if machine is None and found:
+            vollog.warning("this machine's name cannot be told from the event logs: Computer not checked")
         reported: Set[Tuple] = set()
         events = []
         for item in found:
             _log_warnings(item, reported)
             event = self.record_event(item)
-            if event is not None:
-                events.append(event)
+            if event is None:
+                continue
+            if machine and event.computer and not same_computer(event.computer, machine):
+                event = event.flagged(f"logged on {event.computer}, not on this machine ({machine})")
+            events.append(event)
         return events
 
     def _carving_processes(self, listed: Sequence, scanned: Sequence) -> List:
@@ -527,11 +773,12 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
             for event in events:
                 yield 0, event.values()
             return
-        flags = self.correlate(events, self.config.get("window", 10), self.config.get("burst", 5),
-                               self.config.get("burst_window", 1))
+        flags = self.correlate(events, self.config.get("window", 10), self.config.get("burst", BURST),
+                               self.config.get("burst_window", BURST_WINDOW), self.config.get("startup", STARTUP))
         for flag in flags:
             yield 0, (flag.time, "correlation", flag.rule, vadwalk.optional(flag.pid),
-                      vadwalk.optional(flag.process), flag.detail, f"rests on {len(flag.basis)} rows")
+                      vadwalk.optional(flag.process), text_cell(flag.detail), "",
+                      f"rests on {len(flag.basis)} row{'s' if len(flag.basis) != 1 else ''}")
             for event in flag.basis:
                 yield 1, event.values()
 
@@ -540,8 +787,9 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
         for event in events:
             times = [str(int(event.time.timestamp()))] * 4   # as Volatility 2's body output: mactime
             # lists a 0 time as an undated entry, so every time field carries the event's time
+            flags = f" [{'; '.join(event.flags)}]" if event.flags else ""
             name = (f"[{event.source} {event.action}] {event.time.isoformat()} PID "
-                    f"{'-' if event.pid is None else event.pid} {event.process or ''} {event.detail} "
+                    f"{'-' if event.pid is None else event.pid} {event.process or ''} {event.detail}{flags} "
                     f"({event.provenance})")
             name = " ".join(name.split()).replace("|", "/")    # one line: log strings hold CR/LF
             lines.append("|".join(["0", name, "0", "0", "0", "0", "0", *times]) + "\n")
@@ -563,14 +811,14 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
                    event.time)
 
     def run(self) -> renderers.TreeGrid:
+        """Bad bounds raise ``UsageError`` here, before any row (one line, exit status 1)."""
         columns = [("Time", datetime), ("Source", str), ("Action", str), ("PID", int),
-                   ("Process", str), ("Detail", str), ("Provenance", str)]
-        try:
-            sources = self._sources()
-            after, before = self._bound("after"), self._bound("before")
-        except ValueError as exc:
-            vollog.error("%s", exc)
-            return renderers.TreeGrid(columns, iter(()))
+                   ("Process", str), ("Detail", str), ("Flags", str), ("Provenance", str)]
+        wanted = {s.lower() for s in self.config.get("source") or SOURCES}
+        sources = [s for s in SOURCES if s in wanted]
+        after, before = self._bound("after"), self._bound("before")
+        if after and before and after > before:
+            raise UsageError(f"--after {after.isoformat()} is later than --before {before.isoformat()}")
         return renderers.TreeGrid(columns, self._generator(sources, after, before))
 
 
@@ -639,9 +887,13 @@ def _connect_after_start(events: Sequence[Event], window: float) -> List[Flag]:
     return flags
 
 
-def _thread_bursts(events: Sequence[Event], burst: int, burst_window: float) -> List[Flag]:
+def _thread_bursts(events: Sequence[Event], burst: int, burst_window: float, startup: float = 0) -> List[Flag]:
+    """At least ``burst`` threads of one process within ``burst_window`` seconds, not
+    counting its start-up (threads created within ``startup`` seconds of its start)."""
     flags = []
-    created = [e for e in events if e.source == "thread" and e.action == "created"]
+    started = _starts(events)
+    created = [e for e in events if e.source == "thread" and e.action == "created"
+               and not _in_startup(e, started.get(e.pid, []), startup)]
     by_owner: Dict[Tuple[int, str], List[Event]] = {}
     for event in created:                   # a reused PID: bursts stay within one process
         by_owner.setdefault((event.pid, event.process or ""), []).append(event)
@@ -654,6 +906,71 @@ def _thread_bursts(events: Sequence[Event], burst: int, burst_window: float) -> 
                               f"{len(basis)} threads created in {basis[0].process} ({pid}) within "
                               f"{span:.3f} s", basis))
     return flags
+
+
+def _starts(events: Sequence[Event]) -> Dict[int, List[datetime]]:
+    """Create times of the processes of each PID."""
+    starts: Dict[int, List[datetime]] = {}
+    for event in events:
+        if event.source == "process" and event.action == "created" and event.pid is not None:
+            starts.setdefault(event.pid, []).append(event.time)
+    return starts
+
+
+def _in_startup(thread: Event, starts: Sequence[datetime], startup: float) -> bool:
+    """Created within ``startup`` seconds after the start of its process (the latest
+    process with its PID that had started by then)."""
+    before = [t for t in starts if t <= thread.time]
+    return bool(before) and (thread.time - max(before)).total_seconds() <= startup
+
+
+def _injected_starts(events: Sequence[Event]) -> List[Flag]:
+    """One flag per process whose threads start in injected code or private memory."""
+    by_owner: Dict[Tuple[int, str], List[Event]] = {}
+    for event in events:
+        if event.source == "thread" and event.action == "created" and event.start_in:
+            by_owner.setdefault((event.pid, event.process or ""), []).append(event)
+    flags = []
+    for (pid, process), group in sorted(by_owner.items()):
+        group.sort(key=Event.sort_key)
+        regions: Dict[str, List[str]] = {}
+        for event in group:
+            region, symbol = event.start_in
+            if symbol and symbol not in regions.setdefault(region, []):
+                regions[region].append(symbol)
+            regions.setdefault(region, [])
+        where = "; ".join(region + (f" at {', '.join(symbols)}" if symbols else "")
+                          for region, symbols in regions.items())
+        count = f"{len(group)} thread{'s' if len(group) > 1 else ''}"
+        flags.append(Flag(group[0].time, "injected-thread-start", pid, process,
+                          f"{count} of {process} ({pid}) start in injected code: {where}", group))
+    return flags
+
+
+def _impossible(events: Sequence[Event]) -> List[Flag]:
+    """One flag per kind of row that cannot be right: dated after the capture, before the
+    boot, or logged on another computer (one flag per computer)."""
+    groups: Dict[Tuple[str, str], List[Event]] = {}
+    for event in events:
+        for flag in event.flags:
+            if flag.startswith("after the capture time"):
+                groups.setdefault(("after-capture", "dated after the capture time"), []).append(event)
+            elif flag.startswith("before the boot"):
+                groups.setdefault(("before-boot", "dated before the boot"), []).append(event)
+            elif flag.startswith("logged on "):
+                groups.setdefault(("other-computer", flag), []).append(event)
+    flags = []
+    for (rule, what), basis in groups.items():
+        basis.sort(key=Event.sort_key)
+        rows = f"{len(basis)} row{'s' if len(basis) > 1 else ''}"
+        flags.append(Flag(basis[0].time, rule, None, None, f"{rows} {what}", basis))
+    return flags
+
+
+def _span(delta: timedelta) -> str:
+    """``2.750 s`` below a minute, ``2 days, 0:00:00.500000`` above."""
+    seconds = delta.total_seconds()
+    return f"{seconds:.3f} s" if seconds < 60 else str(delta)
 
 
 def _clusters(times: Sequence[datetime], size: int, span: timedelta) -> List[Tuple[int, int]]:

@@ -46,6 +46,13 @@ class EventRecord:
     data: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     chunk: Optional[int] = None  # absolute start of the enclosing chunk, if carved from one
+    names: list[Optional[str]] = field(default_factory=list)
+    """Field name of each ``data`` value: the Data element's ``Name`` (EventData) or the
+    element name (UserData); None where the template gives none."""
+
+    def fields(self) -> list[tuple[Optional[str], str]]:
+        """(name, value) of each EventData/UserData value."""
+        return list(zip(self.names + [None] * (len(self.data) - len(self.names)), self.data))
 
     def to_dict(self) -> dict[str, object]:
         out = asdict(self)
@@ -365,11 +372,17 @@ def _child(node: Optional[_Node], name: str) -> Optional[_Node]:
     return next((c for c in node.children if isinstance(c, _Node) and c.name == name), None)
 
 
-def _leaves(node: _Node) -> list[str]:
+def _leaves(node: _Node) -> list[tuple[Optional[str], str]]:
+    """(element name, text) of each leaf element under ``node``."""
     elements = [c for c in node.children if isinstance(c, _Node)]
     if not elements:
-        return [_text(node)]
-    return [text for child in elements for text in _leaves(child)]
+        return [(node.name, _text(node))]
+    return [leaf for child in elements for leaf in _leaves(child)]
+
+
+def _data_name(node: _Node) -> Optional[str]:
+    name = node.attrs.get("Name")
+    return _text(name) or None if name is not None else None
 
 
 def _as_int(text: str) -> Optional[int]:
@@ -394,9 +407,11 @@ def _apply_fields(record: EventRecord, nodes: list[_Node]) -> None:
         setattr(record, attr, _as_int(_text(element)) if element is not None else None)
     event_data, user_data = _child(event, "EventData"), _child(event, "UserData")
     if event_data is not None:
-        record.data = [_text(c) for c in event_data.children if isinstance(c, _Node) and c.name == "Data"]
+        items = [c for c in event_data.children if isinstance(c, _Node) and c.name == "Data"]
+        record.names, record.data = [_data_name(c) for c in items], [_text(c) for c in items]
     elif user_data is not None:
-        record.data = _leaves(user_data)
+        leaves = _leaves(user_data)
+        record.names, record.data = [name for name, _ in leaves], [text for _, text in leaves]
     created = _child(system, "TimeCreated")
     stamp = created.attrs.get("SystemTime") if created is not None else None
     if record.time is None and isinstance(stamp, datetime):
