@@ -18,12 +18,17 @@ from Evtx.Evtx import Evtx as PyEvtx
 from fixtures.build import write_image
 from fixtures.evtx_writer import CHUNK_SIZE, EvtxRecordSpec, build_chunk, build_file, build_lone_record
 from fixtures.kernel import filetime
-from fixtures.plants.timeline import AFTER_EXIT_CONNECTION, CORRUPT_RECORD_ID, clean_win7
+from fixtures.plants.injected import BASE as CCGRABBER_BASE, SECOND
+from fixtures.plants.timeline import (
+    AFTER_CAPTURE_RECORD, AFTER_EXIT_CONNECTION, BEFORE_BOOT_CONNECTION, BURST_EXPORTS, CORRUPT_RECORD_ID,
+    COMPUTER, FIREFOX_BURST, OTHER_COMPUTER, RTL_USER_THREAD_START, SHELLCODE_VA, clean_win7, export_addresses,
+)
 from tests.vol_runner import FileCollector, plugin_module, run_cli, run_plugin
 
 PLUGIN = "spyeye.timeline.Timeline"
 timeline = plugin_module("spyeye.timeline")  # the module as Volatility loaded it (one plugin class)
 vadwalk = plugin_module("spyeye.vadwalk")
+UsageError = plugin_module("spyeye.output").UsageError
 SOURCES = timeline.SOURCES
 MASK48 = (1 << 48) - 1  # Volatility reads pointers masked to the 48-bit address space
 Key = Tuple[datetime, str, str, Optional[int]]
@@ -74,7 +79,7 @@ def expected_rows(truth) -> List[Key]:
     for plant in truth["plants"]:
         if plant["kind"] in ("evtx-file", "evtx-record", "evt-record"):
             corrupt = plant["meta"].get("corrupt", [])
-            out += [(iso(r["time"]), "eventlog", "logged", plant["pid"])
+            out += [(iso(r["time"]), "eventlog", "logged", None)   # the holder is not the logger
                     for r in plant["meta"]["records"] if r["record_id"] not in corrupt]
     return _sort(out)
 
@@ -99,16 +104,16 @@ def test_the_infection_story_reads_in_order_to_the_microsecond(win7_image, rows)
     assert story == [
         (exact(dropper["create_time"]), "process", "created", 2940, "PPID 1484, EPROCESS at physical "
          f"{dropper['eprocess_phys']:#x}"),
-        (exact(dropper["create_time"]), "eventlog", "logged", 780, "Security 4688"),
+        (exact(dropper["create_time"]), "eventlog", "logged", None, "Security 4688"),
         (t - timedelta(seconds=3), "network", "connected", 2940,
          "TCPv4 192.168.56.101:49160 -> 198.51.100.23:80 CLOSED"),
         (t, "process", "created", 3012, f"PPID 1484, EPROCESS at physical {bot['eprocess_phys']:#x}"),
-        (t, "eventlog", "logged", 780, "Security 4688"),
-        (t, "eventlog", "logged", 2940, "Security 4688"),
-        (t + timedelta(seconds=1), "eventlog", "logged", 780, "System 7045"),
-        (t + timedelta(seconds=1), "eventlog", "logged", 2172, "System 7045"),
+        (t, "eventlog", "logged", None, "Security 4688"),
+        (t, "eventlog", "logged", None, "Security 4688"),
+        (t + timedelta(seconds=1), "eventlog", "logged", None, "System 7045"),
+        (t + timedelta(seconds=1), "eventlog", "logged", None, "System 7045"),
         (t + timedelta(seconds=1.1), "eventlog", "logged", None, "System 7040"),
-        (t + timedelta(seconds=1.25), "eventlog", "logged", 780, "System 7036"),
+        (t + timedelta(seconds=1.25), "eventlog", "logged", None, "System 7036"),
         (t + timedelta(seconds=1.5), "process", "exited", 2940, "PPID 1484, EPROCESS at physical "
          f"{dropper['eprocess_phys']:#x}"),
         (t + timedelta(seconds=1.5), "eventlog", "logged", None, "Security 4689"),
@@ -134,17 +139,28 @@ def test_provenance_marks_exited_unlinked_process_threads_and_closed_connections
                if r["Source"] == "thread" and r["PID"] != 2940)
     closed = [r for r in rows if r["Source"] == "network" and r["Detail"].endswith("CLOSED")]
     want = {c["offset_phys"] for c in truth["connections"] if c["closed"]}
-    assert {int(r["Provenance"].rsplit("@ ", 1)[1], 16) for r in closed} == want and len(want) == 1
+    assert {int(r["Provenance"].rsplit("@ ", 1)[1], 16) for r in closed} == want and len(want) == 2
 
 
-def test_thread_rows_carry_tid_and_start_addresses(win7_image, rows):
+def _thread_detail(thread: Dict, exited_pids: set) -> str:
+    start, win32 = thread["start"] & MASK48, thread["win32_start"] & MASK48
+    if start == win32:
+        return f"TID {thread['tid']}, start {start:#x}"
+    if start == RTL_USER_THREAD_START and thread["pid"] not in exited_pids:
+        return f"TID {thread['tid']}, Win32 start {win32:#x}"   # ntdll's thunk: no news
+    return f"TID {thread['tid']}, start {start:#x}, Win32 start {win32:#x}"
+
+
+def test_thread_rows_carry_tid_and_start_addresses_without_the_repeated_thunk(win7_image, rows):
     _, truth = win7_image
     details = Counter((r["PID"], r["Time"], r["Detail"]) for r in rows
                       if r["Source"] == "thread" and r["Action"] == "created")
-    want = Counter((t["pid"], exact(t["create_time"]),
-                    f"TID {t['tid']}, start {t['start'] & MASK48:#x}, Win32 start {t['win32_start'] & MASK48:#x}")
-                   for t in truth["threads"])
+    unlisted = {p["pid"] for p in truth["processes"] if not p["linked"]}  # no VADs to place the thunk in
+    want = Counter((t["pid"], exact(t["create_time"]), _thread_detail(t, unlisted)) for t in truth["threads"])
     assert details == want
+    dropped = sum(1 for detail in details.elements() if detail[2].split(", ")[1].startswith("Win32"))
+    assert dropped == sum(1 for t in truth["threads"] if t["start"] == RTL_USER_THREAD_START
+                          and t["pid"] not in unlisted) > 40
 
 
 def _address(row: Dict) -> Tuple[str, int]:
@@ -177,7 +193,8 @@ def test_every_carved_evtx_record_matches_python_evtx(win7_image, rows, tmp_path
         if plant["kind"] == "evtx-record":  # a lone record is a chunk's first record: read that chunk
             (meta,) = plant["meta"]["records"]
             spec = EvtxRecordSpec(meta["record_id"], iso(meta["time"]), meta["event_id"], meta["provider"],
-                                  meta["channel"], "JOHN-PC", meta["data"], meta["level"])
+                                  meta["channel"], meta["computer"], meta["data"], meta["level"],
+                                  names=tuple(meta["names"]))
             assert build_lone_record(spec) == blob
             reads = [(0, *rest[1:]) for rest in _pyevtx(build_file([spec]), tmp_path)]
         else:
@@ -193,7 +210,7 @@ def test_every_carved_evtx_record_matches_python_evtx(win7_image, rows, tmp_path
             assert row["Detail"].split(" ")[1] == str(event_id)
             assert _close(row["Time"], stamp)
             checked.add(address)
-    assert checked == set(carved) and len(checked) == 205 + 3 + (4 - 1) + 4
+    assert checked == set(carved) and len(checked) == 205 + 3 + (4 - 1) + 6
 
 
 def test_freed_records_report_physical_offsets_and_holders_report_pid_and_va(win7_image, rows):
@@ -203,33 +220,39 @@ def test_freed_records_report_physical_offsets_and_holders_report_pid_and_va(win
     row = by_address[("physical", freed["timeline-freed-7040"]["pa"])]
     assert (row["PID"], row["Process"]) == (None, None) and "no process maps it" in row["Provenance"]
     row = by_address[("virtual", freed["timeline-heap-7045"]["va"])]
-    assert (row["PID"], row["Process"]) == (2172, "iexplore.exe")
+    assert (row["PID"], row["Process"]) == (None, None)  # iexplore.exe held it, did not log it
+    assert row["Provenance"] == f"evtx record in PID 2172 @ {freed['timeline-heap-7045']['va']:#x}"
     va = freed["timeline-exited-4688"]["va"]  # in the exited, pool-only dropper: its memory is still read
     row = by_address[("virtual", va)]
-    assert (row["PID"], row["Provenance"]) == (2940, f"evtx record in PID 2940 @ {va:#x}")
+    assert (row["PID"], row["Provenance"]) == (None, f"evtx record in PID 2940 @ {va:#x}")
     evt = by_address[("physical", freed["timeline-freed-evt"]["pa"])]
-    assert evt["Detail"] == "XPBOX Service Control Manager 7035 (record 77, EVT): Remote Registry; start"
+    assert evt["Detail"] == "Service Control Manager 7035 (record 77, EVT) on XPBOX: Remote Registry; start"
     system = [r for r in rows if "System.evtx" in r["Provenance"]]
-    assert len(system) == 205 and {r["PID"] for r in system} == {780}
-    assert len({a for a in by_address if a[0] == "physical"}) == 4, "mapped records must not repeat as freed"
+    assert len(system) == 205 and all(r["Provenance"].startswith("evtx chunk in PID 780 System.evtx @ ")
+                                      and r["PID"] is None for r in system)
+    assert len({a for a in by_address if a[0] == "physical"}) == 6, "mapped records must not repeat as freed"
 
 
 def test_correlation_flags_fire_on_the_story_and_name_their_rows(win7_image):
     image, truth = win7_image
     flags = run_plugin(image, PLUGIN, {"correlate": True})
     top = [(r["Action"], r["PID"]) for r in flags if r["__depth"] == 0]
-    assert top == [("thread-burst", 1484), ("connect-after-start", 1484), ("connect-after-start", 1484),
-                   ("thread-burst", 2172), ("after-exit", 2940)]
-    groups = _groups(flags)
+    assert top == [("before-boot", None), ("other-computer", None),
+                   ("injected-thread-start", 1484), ("thread-burst", 1484),
+                   ("connect-after-start", 1484), ("connect-after-start", 1484),
+                   ("injected-thread-start", 2172), ("thread-burst", 2172),
+                   ("injected-thread-start", 2356), ("thread-burst", 2356),
+                   ("after-exit", 2940), ("other-computer", None), ("after-capture", None)]
+    groups = [g for g in _groups(flags) if g[0]["PID"] is not None]
     bot_start = exact(next(p["create_time"] for p in truth["processes"] if p["pid"] == 3012))
-    connect = groups[1]
+    connect = groups[2]
     assert [(r["Source"], r["Action"], r["PID"], r["Time"]) for r in connect[1:]] == [
         ("process", "created", 3012, bot_start),
         ("network", "connected", 1484, bot_start + timedelta(seconds=2.75))]
     assert "connected 2.750 s after cleansweep.exe (3012) started" in connect[0]["Detail"]
-    burst = [t for t in truth["threads"] if t["pid"] == 1484 and 0x2A40000 <= t["start"] < 0x2A50000]
-    assert [r["Time"] for r in groups[0][1:]] == [exact(t["create_time"]) for t in burst]
-    late = groups[4]
+    burst = [t for t in truth["threads"] if t["pid"] == 1484 and CCGRABBER_BASE <= t["win32_start"] < SECOND]
+    assert [r["Time"] for r in groups[1][1:]] == [exact(t["create_time"]) for t in burst] and len(burst) == 5
+    late = groups[-1]
     assert [(r["Source"], r["Action"]) for r in late[1:]] == [("process", "exited"), ("network", "connected")]
     assert late[2]["Time"] == exact(AFTER_EXIT_CONNECTION)
 
@@ -249,7 +272,7 @@ def test_correlation_is_quiet_on_a_scenario_without_the_story(tmp_path_factory):
     timeline = run_plugin(image, PLUGIN, {"source": ["process", "thread", "network"]})
     assert Counter(r["Source"] for r in timeline) == {"process": 13, "thread": 48, "network": 3}
     assert run_plugin(image, PLUGIN, {"correlate": True}) == []
-    tight = run_plugin(image, PLUGIN, {"correlate": True, "burst": 3, "burst_window": 1})
+    tight = run_plugin(image, PLUGIN, {"correlate": True, "burst": 3, "burst_window": 1, "startup": 0})
     assert tight and {r["Action"] for r in tight if r["__depth"] == 0} == {"thread-burst"}
 
 
@@ -263,7 +286,9 @@ def test_source_pid_name_and_time_filters(win7_image, rows):
             and lo <= r["Time"] <= hi]
     assert got == want and len(want) == 6
     named = run_plugin(image, PLUGIN, {"source": ["eventlog"], "name": ["iexplore.exe"]})
-    assert [r["Detail"].split(":")[0] for r in named] == ["System 7045 (record 2003, Service Control Manager)"]
+    assert [r["Detail"].split(":")[0] for r in named] == [
+        "System 7045 (record 2003, Service Control Manager) on JOHN-PC"]
+    assert [r["Provenance"].split(" @")[0] for r in named] == ["evtx record in PID 2172"]
 
 
 class BytesLayer:
@@ -316,7 +341,8 @@ def test_json_csv_and_body_file_outputs_parse(win7_image, rows, tmp_path):
     assert out.returncode == 0, out.stderr
     parsed = json.loads(out.stdout)
     assert [(iso(r["Time"]), r["Source"], r["Action"], r["PID"]) for r in parsed] == [key(r) for r in rows]
-    assert set(parsed[0]) == {"Time", "Source", "Action", "PID", "Process", "Detail", "Provenance", "__children"}
+    assert set(parsed[0]) == {"Time", "Source", "Action", "PID", "Process", "Detail", "Flags", "Provenance",
+                              "__children"}
     body = (tmp_path / "spyeye.body").read_text().splitlines()
     assert len(body) == len(rows)
     fields = [line.split("|") for line in body]
@@ -350,8 +376,9 @@ def test_mactime_reads_the_body_file_one_dated_line_per_row(win7_image, tmp_path
     lines = list(csv.reader(io.StringIO(out.stdout)))[1:]
     assert len(lines) == len(rows) and all(line[2] == "macb" for line in lines)
     names = [" ".join(f"[{r['Source']} {r['Action']}] {r['Time'].isoformat()} PID "
-                      f"{'-' if r['PID'] is None else r['PID']} {r['Process'] or ''} {r['Detail']} "
-                      f"({r['Provenance']})".split()).replace("|", "/") for r in rows]
+                      f"{'-' if r['PID'] is None else r['PID']} {r['Process'] or ''} {r['Detail']}"
+                      f"{' [' + r['Flags'] + ']' if r['Flags'] else ''} ({r['Provenance']})".split()
+                      ).replace("|", "/") for r in rows]
     assert sorted(line[7] for line in lines) == sorted(names)
     dates = [datetime.strptime(line[0], "%a %b %d %Y %H:%M:%S").replace(tzinfo=timezone.utc) for line in lines]
     assert dates == sorted(r["Time"].replace(microsecond=0) for r in rows)
@@ -378,13 +405,26 @@ def test_corrupt_chunk_and_evt_record_warn_and_keep_the_readable_records(win7_im
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--source", "registry"], "unknown --source registry"),
-    (["--after", "yesterday"], "--after 'yesterday' is not an ISO 8601 time"),
+    (["--after", "yesterday"], "error: --after 'yesterday' is not an ISO 8601 time (e.g. 2011-11-27T10:00:05 "
+                               "or 2011-11-27T10:00:05+09:00)"),
+    (["--after", "2011-11-27T11:00", "--before", "2011-11-27T10:00"],
+     "error: --after 2011-11-27T11:00:00+00:00 is later than --before 2011-11-27T10:00:00+00:00"),
 ])
-def test_bad_options_give_one_line_error(win7_image, args, message):
+def test_bad_bounds_fail_with_one_line_and_exit_status_1(win7_image, args, message):
     image, _ = win7_image
     out = run_cli("-f", str(image), "spyeye.timeline", *args)
-    assert message in out.stderr and "Traceback" not in out.stderr
+    assert (out.returncode, out.stderr.strip()) == (1, message) and "Time\t" not in out.stdout
+
+
+def test_unknown_source_fails_at_the_command_line(win7_image):
+    image, _ = win7_image
+    out = run_cli("-f", str(image), "spyeye.timeline", "--source", "process", "registry")
+    errors = [line for line in out.stderr.splitlines() if "error" in line]
+    assert out.returncode == 2 and "Time\t" not in out.stdout and "Traceback" not in out.stderr
+    assert errors == ["vol spyeye.timeline.Timeline: error: argument --source: unknown value 'registry' "
+                      "(choose from process, thread, network, eventlog)"]
+    with pytest.raises(UsageError, match="unknown --source registry"):   # the Python API
+        run_plugin(image, PLUGIN, {"source": ["registry"]})
 
 
 def test_stock_timeliner_picks_up_the_event_log_source(win7_image, rows):

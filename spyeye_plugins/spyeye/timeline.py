@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
-from volatility3.framework import constants, exceptions, interfaces, renderers
+from volatility3.framework import exceptions, interfaces, renderers
 from volatility3.framework.configuration import requirements
 from volatility3.framework.symbols.windows.extensions import network
 from volatility3.plugins import timeliner
@@ -317,40 +317,16 @@ class ThreadStarts:
 
 
 def choice(choices: Sequence[str]) -> type:
-    """A str type that argparse calls on each value: an unknown one fails at the command line."""
+    """A str type accepting only ``choices`` (case-insensitively), as a ``ListRequirement``'s
+    element type: argparse calls it on each value, so an unknown one fails at the command line
+    (usage and one error line, exit status 2, as for a ``ChoiceRequirement``, which takes a
+    single value)."""
     class Choice(str):
         def __new__(cls, value: str):
             if value.lower() not in choices:
                 raise argparse.ArgumentTypeError(f"unknown value {value!r} (choose from {', '.join(choices)})")
             return super().__new__(cls, value.lower())
     return Choice
-
-
-class ChoiceListRequirement(requirements.ListRequirement):
-    """Several values, each one of ``choices`` (``ChoiceRequirement`` takes a single value).
-
-    On the command line argparse checks each value through the element type (usage and one
-    error line, exit status 2, as for a ``ChoiceRequirement``); through the Python API an
-    unknown value leaves the requirement unsatisfied."""
-
-    def __init__(self, choices: Sequence[str], *args, **kwargs) -> None:
-        self.choices = [c.lower() for c in choices]
-        super().__init__(choice(self.choices), *args, **kwargs)
-
-    def unsatisfied(self, context: interfaces.context.ContextInterface,
-                    config_path: str) -> Dict[str, interfaces.configuration.RequirementInterface]:
-        path = interfaces.configuration.path_join(config_path, self.name)
-        value = self.config_value(context, path, None)
-        if value is None:
-            if not self.optional:
-                return {path: self}
-            context.config[path] = []
-            return {}
-        if not isinstance(value, list) or any(not isinstance(v, str) or v.lower() not in self.choices
-                                              for v in value):
-            vollog.log(constants.LOGLEVEL_V, "%s: values must be among %s", self.name, self.choices)
-            return {path: self}
-        return {}
 
 
 # --------------------------------------------------------------------------- plugin
@@ -376,8 +352,8 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
             requirements.VersionRequirement(name="info", component=info.Info, version=(2, 0, 0)),
             requirements.VersionRequirement(name="injected", component=injected.InjectedImages,
                                             version=(1, 0, 0)),
-            ChoiceListRequirement(name="source", choices=SOURCES, optional=True,
-                                  description=f"Sources to include: {', '.join(SOURCES)} (default all)"),
+            requirements.ListRequirement(name="source", element_type=choice(SOURCES), optional=True,
+                                         description=f"Sources to include: {', '.join(SOURCES)} (default all)"),
             requirements.StringRequirement(name="after", optional=True,
                                            description="Only events at or after this ISO 8601 time (UTC if no zone)"),
             requirements.StringRequirement(name="before", optional=True,
@@ -811,10 +787,15 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
                    event.time)
 
     def run(self) -> renderers.TreeGrid:
-        """Bad bounds raise ``UsageError`` here, before any row (one line, exit status 1)."""
+        """Bad options raise ``UsageError`` here, before any row (one line, exit status 1);
+        an unknown ``--source`` only gets here through the Python API (Volatility does not
+        check optional requirements; the command line rejects it)."""
         columns = [("Time", datetime), ("Source", str), ("Action", str), ("PID", int),
                    ("Process", str), ("Detail", str), ("Flags", str), ("Provenance", str)]
         wanted = {s.lower() for s in self.config.get("source") or SOURCES}
+        if wanted - set(SOURCES):
+            raise UsageError(f"unknown --source {', '.join(sorted(wanted - set(SOURCES)))} "
+                             f"(choose from {', '.join(SOURCES)})")
         sources = [s for s in SOURCES if s in wanted]
         after, before = self._bound("after"), self._bound("before")
         if after and before and after > before:
