@@ -103,8 +103,9 @@ def test_threads_walks_each_linked_thread_list(built):
     _, truth, _ = built
     rows = run(built, "windows.threads.Threads")
     assert _thread_keys(rows) == _truth_threads(truth, linked_only=True)
-    paths = {(r["PID"], r["TID"]): r["StartPath"] for r in rows}
-    assert paths[(1484, truth_tid(truth, 1484, 0))] == "\\Windows\\explorer.exe"
+    paths = {(r["PID"], r["TID"]): (r["StartPath"], r["Win32StartPath"]) for r in rows}   # as on Windows: every
+    assert paths[(1484, truth_tid(truth, 1484, 0))] == (   # user thread starts at ntdll's RtlUserThreadStart
+        "\\Windows\\System32\\ntdll.dll", "\\Windows\\explorer.exe")
 
 
 def truth_tid(truth, pid: int, index: int) -> int:

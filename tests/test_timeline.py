@@ -331,6 +331,109 @@ def test_physical_pass_reads_a_chunk_across_its_1mib_windows_once_and_notes_its_
     assert timeline.Timeline.carve_physical(layer, quiet, report=False) == [] and quiet == frames
 
 
+# --------------------------------------------------------------------------- flags on rows
+
+
+def _vad(truth, pid: int, address: int) -> Dict:
+    return next(v for v in truth["vads"] if v["pid"] == pid and v["start"] <= address <= v["end"])
+
+
+def _expected_start(truth, thread: Dict) -> Optional[str]:
+    """The Flags text the plugin should give a thread of the bundled image, from truth."""
+    win32 = thread["win32_start"]
+    if not (CCGRABBER_BASE <= win32 < SECOND or SHELLCODE_VA <= win32 < SHELLCODE_VA + 0x10000):
+        return None
+    vad = _vad(truth, thread["pid"], win32)
+    span = f"{vad['start']:#x}-{vad['end']:#x}"
+    if SHELLCODE_VA <= win32 < SHELLCODE_VA + 0x10000:
+        return f"starts in private executable memory {span} at +{win32 - vad['start']:#x}"
+    dll = "spyplugin_x86.dll" if thread["pid"] == 2356 else "spyplugin_x64.dll"
+    export = {a: n for n, a in export_addresses(dll, CCGRABBER_BASE).items()}[win32]
+    return f"starts in ccgrabber.dll (private executable memory {span}) at {export}"
+
+
+def test_threads_starting_in_injected_code_name_the_dll_export_or_private_region(win7_image, rows):
+    _, truth = win7_image
+    got = {(r["PID"], int(r["Detail"].split(",")[0][4:])): r["Flags"] for r in rows
+           if r["Source"] == "thread" and r["Action"] == "created" and r["Flags"]}
+    want = {(t["pid"], t["tid"]): _expected_start(truth, t) for t in truth["threads"] if _expected_start(truth, t)}
+    assert got == want and Counter(pid for pid, _ in want) == {1484: 5, 2172: 5, 2356: 7}
+    assert got[(2356, 7016)] == "starts in ccgrabber.dll (private executable memory 0xb000000-0xb005fff) at SpyEye_Start"
+
+
+def test_correlate_flags_each_process_whose_threads_start_in_injected_code(win7_image):
+    image, truth = win7_image
+    flags = _groups(run_plugin(image, PLUGIN, {"correlate": True}))
+    injected = {g[0]["PID"]: g for g in flags if g[0]["Action"] == "injected-thread-start"}
+    assert set(injected) == {1484, 2172, 2356}
+    explorer = _vad(truth, 1484, CCGRABBER_BASE)
+    assert injected[1484][0]["Detail"] == (
+        "5 threads of explorer.exe (1484) start in injected code: ccgrabber.dll (private executable memory "
+        f"{explorer['start']:#x}-{explorer['end']:#x}) at " + ", ".join(BURST_EXPORTS[:5]))
+    assert injected[2172][0]["Detail"] == ("5 threads of iexplore.exe (2172) start in injected code: private "
+                                           "executable memory 0x2a40000-0x2a4ffff at +0x0, +0x40, +0x80")
+    assert injected[2356][0]["Detail"].endswith("at " + ", ".join(BURST_EXPORTS))
+    for pid, group in injected.items():
+        assert group[0]["Provenance"] == f"rests on {len(group) - 1} rows"
+        assert all(r["Source"] == "thread" and r["PID"] == pid and r["Flags"].startswith("starts in ")
+                   for r in group[1:])
+
+
+def _bursts(image, **options) -> Dict[int, List[List[Dict]]]:
+    groups = _groups(run_plugin(image, PLUGIN, {"correlate": True, "source": ["process", "thread"], **options}))
+    out: Dict[int, List[List[Dict]]] = {}
+    for group in groups:
+        if group[0]["Action"] == "thread-burst":
+            out.setdefault(group[0]["PID"], []).append(group)
+    return out
+
+
+def test_burst_defaults_catch_7_threads_in_4_s_and_leave_start_up_alone(win7_image):
+    image, truth = win7_image
+    bursts = _bursts(image)
+    assert {pid: len(groups) for pid, groups in bursts.items()} == {1484: 1, 2172: 1, 2356: 1}
+    (firefox,) = bursts[2356]
+    assert firefox[0]["Detail"] == "7 threads created in firefox.exe (2356) within 3.900 s"
+    assert [r["Time"] for r in firefox[1:]] == [exact(FIREFOX_BURST + 0.65 * i) for i in range(7)]
+    assert 2356 not in _bursts(image, burst_window=1)          # the old default missed it
+    without = _bursts(image, startup=0)                          # without the start-up rule, start-ups are bursts
+    started = {p["pid"]: exact(p["create_time"]) for p in truth["processes"]}
+    assert {pid: groups[0][0]["Time"] - started[pid] for pid, groups in without.items()
+            if pid in (1484, 2172, 2356)} == {pid: timedelta(seconds=0.05) for pid in (1484, 2172, 2356)}
+    assert without[2356][0][0]["Detail"] == "8 threads created in firefox.exe (2356) within 1.750 s"
+
+
+def test_rows_after_the_capture_or_before_the_boot_are_flagged(win7_image, rows):
+    _, truth = win7_image
+    flagged = {(r["Source"], r["Time"]): r["Flags"] for r in rows if "capture" in r["Flags"] or "boot" in r["Flags"]}
+    assert flagged == {
+        ("eventlog", exact(AFTER_CAPTURE_RECORD)): "after the capture time (+2 days, 0:00:00.500000)",
+        ("network", exact(BEFORE_BOOT_CONNECTION)): "before the boot (-3 days, 0:00:00)",
+    }
+    boot = min(exact(t["create_time"]) for t in truth["threads"] if t["pid"] == 4)
+    older = [r for r in rows if r["Source"] == "eventlog" and r["Time"] < boot]
+    assert len(older) == 2 and all("boot" not in r["Flags"] for r in older)   # logs outlive a boot
+    assert max(r["Time"] for r in rows if not r["Flags"].startswith("after")) <= exact(truth["system_time"])
+
+
+def test_every_event_log_row_names_its_computer_and_others_are_flagged(win7_image, rows):
+    _, truth = win7_image
+    records = {(p["va"] or p["pa"]): p for p in truth["plants"] if p["kind"] in ("evtx-record", "evt-record")}
+    logged = [r for r in rows if r["Source"] == "eventlog"]
+    assert all(re.search(r"\) on [A-Z0-9-]+: ", r["Detail"]) for r in logged)
+    foreign = {r["Detail"].split(" on ")[1].split(":")[0]: r["Flags"] for r in logged if "logged on" in r["Flags"]}
+    assert foreign == {name: f"logged on {name}, not on this machine ({COMPUTER})"
+                       for name in (OTHER_COMPUTER, "XPBOX")}
+    assert sum(1 for r in logged if "logged on" in r["Flags"]) == 3
+    row = next(r for r in logged if _address(r)[1] == next(a for a, p in records.items()
+                                                             if p["label"] == "timeline-freed-foreign-4624"))
+    assert row["Detail"] == ("Security 4624 (record 2005, Microsoft-Windows-Security-Auditing) on WKS-ACCT07: "
+                             "TargetUserSid=S-1-5-21-4444-5555-6666-500; TargetUserName=administrator; "
+                             "TargetDomainName=ACCT; LogonType=3")
+    unnamed = next(r for r in logged if "Application 1000 (record 1, Winlogon)" in r["Detail"])
+    assert unnamed["Detail"].endswith("on JOHN-PC: User logon notification")   # the template names none
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -500,3 +603,71 @@ def test_threads_are_named_after_the_process_alive_when_they_started():
     threads = [timeline.Event(events[0].time + timedelta(seconds=50 + i * 0.1), "thread", "created", 780,
                               "updater.exe" if i < 3 else "svchost.exe", f"TID {i}", "t") for i in range(6)]
     assert timeline.Timeline.correlate(threads, 10, 5, 1) == []          # 3 + 3, not one burst of 6
+
+
+# --------------------------------------------------------------------------- row text and machine name
+
+
+def test_event_log_values_are_named_capped_and_escaped():
+    long = "A" * 150
+    text = timeline._values([("TargetUserName", "john"), (None, "bare"), ("CommandLine", long)])
+    assert text == f"TargetUserName=john; bare; CommandLine={'A' * (timeline.VALUE_CAP - 1)}\u2026"
+    event = _at(3, "eventlog", "logged", None, None, "System 7036 (record 9) on PC: param1=a\tb\r\nc\x1b")
+    assert event.values()[5] == "System 7036 (record 9) on PC: param1=a\\tb\\r\\nc\\x1b"
+
+
+def _found(computer: str, live: bool) -> "timeline.Found":
+    record = plugin_module("spyeye.parsers.eventlog").EventRecord(0, "evtx-chunk" if live else "evtx-record",
+                                                                   1, None, computer=computer)
+    record.chunk = 0 if live else None
+    return timeline.Found(record, None, 780, "svchost.exe", "w", "\\Windows\\System32\\winevt\\Logs\\S.evtx"
+                          if live else None)
+
+
+def test_this_machine_is_the_majority_computer_of_the_live_logs():
+    live = [_found("JOHN-PC", True)] * 3 + [_found("WKS-ACCT07", True)]
+    stray = [_found("WKS-ACCT07", False)] * 10          # many carved copies from elsewhere do not outvote
+    assert timeline.this_computer(live + stray) == "JOHN-PC"
+    assert timeline.this_computer(stray + [_found("JOHN-PC", False)]) == "WKS-ACCT07"   # no live log: all
+    assert timeline.this_computer([_found("A", False), _found("B", False)]) is None      # a tie: no verdict
+    assert timeline.same_computer("john-pc.corp.example", "JOHN-PC")
+    assert not timeline.same_computer("JOHN-PC2", "JOHN-PC")
+
+
+def test_thread_detail_drops_only_the_thunk_start():
+    class Space:
+        def is_thread_start_thunk(self, address):
+            return address == 0x77A7C500
+    space = Space()
+    assert timeline._thread_detail(8, 0x77A7C500, 0xB001057, space) == "TID 8, Win32 start 0xb001057"
+    assert timeline._thread_detail(8, 0x401000, 0x401000, space) == "TID 8, start 0x401000"
+    assert timeline._thread_detail(8, 0x401000, 0, space) == "TID 8, start 0x401000"
+    assert timeline._thread_detail(8, 0x77A7C500, 0xB001057, None) == \
+        "TID 8, start 0x77a7c500, Win32 start 0xb001057"             # no VADs to tell where it is
+
+
+def test_export_at_names_the_export_at_or_before_an_address():
+    pe_image = plugin_module("spyeye.parsers.pe_image")
+    exports = [pe_image.ExportEntry(1, "Init", 0x1006, 0xB001006, None),
+               pe_image.ExportEntry(2, "Start", 0x102A, 0xB00102A, None),
+               pe_image.ExportEntry(3, "Fwd", 0x2000, 0xB002000, "kernel32.GetTickCount"),
+               pe_image.ExportEntry(4, None, 0x1100, 0xB001100, None)]
+    pe = pe_image.MappedPE(0xB000000, None, exports=exports)
+    assert timeline.export_at(pe, 0xB00102A) == "Start"
+    assert timeline.export_at(pe, 0xB001030) == "Start+0x6"
+    assert timeline.export_at(pe, 0xB001100) == "ordinal 4"
+    assert timeline.export_at(pe, 0xB002004) == "ordinal 4+0xf04"        # forwarders hold no code
+    assert timeline.export_at(pe, 0xB001000) == "RVA 0x1000"
+
+
+def test_start_up_threads_are_not_a_burst_but_later_ones_are():
+    start = datetime(2011, 11, 27, 9, tzinfo=timezone.utc)
+    process = timeline.Event(start, "process", "created", 2356, "firefox.exe", "d", "t")
+    threads = [timeline.Event(start + timedelta(seconds=0.2 * i), "thread", "created", 2356, "firefox.exe",
+                              f"TID {i}", "t") for i in range(8)]
+    late = [timeline.Event(start + timedelta(seconds=3600 + 0.65 * i), "thread", "created", 2356,
+                           "firefox.exe", f"TID {100 + i}", "t") for i in range(7)]
+    flags = timeline.Timeline.correlate([process, *threads, *late], 10, 5, 5, startup=10)
+    assert [(f.rule, len(f.basis)) for f in flags] == [("thread-burst", 7)]
+    flags = timeline.Timeline.correlate([process, *threads, *late], 10, 5, 5, startup=0)
+    assert [(f.rule, len(f.basis)) for f in flags] == [("thread-burst", 8), ("thread-burst", 7)]

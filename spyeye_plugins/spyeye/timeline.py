@@ -902,7 +902,7 @@ def _in_startup(thread: Event, starts: Sequence[datetime], startup: float) -> bo
     """Created within ``startup`` seconds after the start of its process (the latest
     process with its PID that had started by then)."""
     before = [t for t in starts if t <= thread.time]
-    return bool(before) and (thread.time - max(before)).total_seconds() <= startup
+    return bool(before) and (thread.time - max(before)).total_seconds() < startup
 
 
 def _injected_starts(events: Sequence[Event]) -> List[Flag]:

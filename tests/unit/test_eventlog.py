@@ -395,3 +395,39 @@ def test_evt_records_over_64_kib_are_not_carved() -> None:
     struct.pack_into("<I4s", big, 0, len(big), b"LfLe")
     struct.pack_into("<I", big, len(big) - 4, len(big))
     assert list(carve_evt(bytes(big))) == []
+
+
+# --------------------------------------------------------------------------- EventData names
+
+
+def test_named_event_data_is_read_with_its_names_and_python_evtx_agrees(tmp_path: Path) -> None:
+    names = ("SubjectUserName", "NewProcessId", "NewProcessName")
+    named = EvtxRecordSpec(1, T0, 4688, "Microsoft-Windows-Security-Auditing", "Security", "WS-SPYEYE01",
+                           ["john", "0xbc4", "C:\\cleansweep.exe\\cleansweep.exe"], 0, names=names)
+    bare = replace(named, record_id=2, data=["a", "b"], names=())
+    path = tmp_path / "named.evtx"
+    path.write_bytes(build_file([named, bare, replace(named, record_id=3)]))
+    carved = [r for r in carve_evtx(path.read_bytes()) if r.source == "evtx-chunk"]
+    assert [r.fields() for r in carved] == [list(zip(names, named.data)), [(None, "a"), (None, "b")],
+                                            list(zip(names, named.data))]
+    for (_, _, _, root), record in zip(_pyevtx_rows(path), carved):   # the third reuses the template
+        data = root.findall("e:EventData/e:Data", NS)
+        assert [(d.get("Name"), d.text) for d in data] == record.fields()
+    lone = next(carve_evtx(build_lone_record(named)))
+    assert lone.names == list(names)
+
+
+@pytest.mark.shared
+def test_realdata_security_events_name_their_fields() -> None:
+    path = REALDATA / "evtx" / "pyevtx_security.evtx"
+    if not path.is_file():
+        pytest.skip(f"{path} not present")
+    carved = [r for r in carve_evtx(path.read_bytes()) if r.source == "evtx-chunk"]
+    logons = [r for r in carved if r.event_id == 4624]
+    assert len(logons) == 583 and all(r.names[:6] == ["SubjectUserSid", "SubjectUserName", "SubjectDomainName",
+                                                      "SubjectLogonId", "TargetUserSid", "TargetUserName"]
+                                      for r in logons)
+    assert all(len(r.names) == len(r.data) for r in carved)
+    system = REALDATA / "evtx" / "pyevtx_system.evtx"
+    backups = [r for r in carve_evtx(system.read_bytes()) if r.event_id == 105]   # UserData: element names
+    assert len(backups) == 2 and all(r.names == ["Channel", "BackupPath"] for r in backups)
