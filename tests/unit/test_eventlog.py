@@ -143,7 +143,7 @@ def test_to_dict_is_plain() -> None:
         "level": 0, "provider": "Microsoft-Windows-Security-Auditing", "channel": "Security",
         "computer": "WS-SPYEYE01", "data": ["value-0-0", "value-0-1value-0-1",
                                              "value-0-2value-0-2value-0-2", "value-0-3" * 4],
-        "warnings": [], "chunk": None}
+        "warnings": [], "chunk": None, "names": [None] * 4}
 
 
 # --------------------------------------------------------------------------- (b) lone records
