@@ -142,11 +142,11 @@ def test_provenance_marks_exited_unlinked_process_threads_and_closed_connections
     assert {int(r["Provenance"].rsplit("@ ", 1)[1], 16) for r in closed} == want and len(want) == 1
 
 
-def _thread_detail(thread: Dict, exited_pids: set) -> str:
+def _thread_detail(thread: Dict) -> str:
     start, win32 = thread["start"] & MASK48, thread["win32_start"] & MASK48
     if start == win32:
         return f"TID {thread['tid']}, start {start:#x}"
-    if start == RTL_USER_THREAD_START and thread["pid"] not in exited_pids:
+    if start == RTL_USER_THREAD_START:
         return f"TID {thread['tid']}, Win32 start {win32:#x}"   # ntdll's thunk: no news
     return f"TID {thread['tid']}, start {start:#x}, Win32 start {win32:#x}"
 
@@ -155,12 +155,12 @@ def test_thread_rows_carry_tid_and_start_addresses_without_the_repeated_thunk(wi
     _, truth = win7_image
     details = Counter((r["PID"], r["Time"], r["Detail"]) for r in rows
                       if r["Source"] == "thread" and r["Action"] == "created")
-    unlisted = {p["pid"] for p in truth["processes"] if not p["linked"]}  # no VADs to place the thunk in
-    want = Counter((t["pid"], exact(t["create_time"]), _thread_detail(t, unlisted)) for t in truth["threads"])
+    want = Counter((t["pid"], exact(t["create_time"]), _thread_detail(t)) for t in truth["threads"])
     assert details == want
     dropped = sum(1 for detail in details.elements() if detail[2].split(", ")[1].startswith("Win32"))
-    assert dropped == sum(1 for t in truth["threads"] if t["start"] == RTL_USER_THREAD_START
-                          and t["pid"] not in unlisted) > 40
+    assert dropped == sum(1 for t in truth["threads"] if t["start"] == RTL_USER_THREAD_START) > 40
+    exited = [r["Detail"] for r in rows if r["Source"] == "thread" and r["PID"] == 2940]   # read from the
+    assert exited == ["TID 460, Win32 start 0x401000"] * 2            # pool-only process's own VADs
 
 
 def _address(row: Dict) -> Tuple[str, int]:

@@ -293,24 +293,28 @@ class ThreadStarts:
 
     def __init__(self, context, kernel_name: str, procs: Sequence) -> None:
         self._args = (context, kernel_name, vadwalk.protection_values(context, kernel_name))
-        self._procs: Dict[int, Tuple[object, Optional[datetime]]] = {}
+        self._procs: Dict[int, List[Tuple[datetime, object]]] = {}
         for proc in procs:
             try:
-                self._procs[int(proc.UniqueProcessId)] = (proc, filetime(proc.CreateTime.QuadPart))
+                started = filetime(proc.CreateTime.QuadPart) or datetime.min.replace(tzinfo=timezone.utc)
+                self._procs.setdefault(int(proc.UniqueProcessId), []).append((started, proc))
             except exceptions.InvalidAddressException:
                 continue
         self._spaces: Dict[int, Optional[ProcessCode]] = {}
 
     def space(self, pid: int, created: Optional[datetime]) -> Optional[ProcessCode]:
-        """The code map of the listed process ``pid`` if the thread (created then) is its own."""
-        proc, started = self._procs.get(pid, (None, None))
-        if proc is None or (created and started and created < started):
-            return None                       # a thread of an earlier process with this PID
-        if pid not in self._spaces:
+        """The code map of the process ``pid`` that a thread created then belongs to (the
+        latest one with that PID started by then: PIDs are reused)."""
+        owners = [(started, proc) for started, proc in self._procs.get(pid, [])
+                  if created is None or started <= created]
+        if not owners:
+            return None
+        proc = max(owners, key=lambda pair: pair[0])[1]
+        if id(proc) not in self._spaces:
             context, kernel_name, protect = self._args
-            self._spaces[pid] = ProcessCode(context, kernel_name, proc, protect) \
+            self._spaces[id(proc)] = ProcessCode(context, kernel_name, proc, protect) \
                 if vadwalk.process_layer(proc) else None
-        return self._spaces[pid]
+        return self._spaces[id(proc)]
 
 
 # --------------------------------------------------------------------------- options
@@ -693,21 +697,24 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
         listed, scanned = self.find_processes(self.context, kernel)
         events = self.process_events(self.context, kernel, listed, scanned)
         names = {int(p.UniqueProcessId): vadwalk.process_name(p) for p in [*scanned, *listed]}
+        readable = self.readable_processes(self.context, kernel, listed, scanned) \
+            if {"thread", "eventlog"} & set(sources) else []
         if "thread" in sources:
             events += self.thread_events(self.context, kernel, listed, process_at(events, names),
-                                         ThreadStarts(self.context, kernel, listed))
+                                         ThreadStarts(self.context, kernel, readable))
         if "network" in sources:
             events += self.network_events(self.context, kernel, self.config_path, names)
         if "eventlog" in sources:
-            events += self._eventlog_events(listed, scanned)
+            events += self._eventlog_events(readable)
         return self.check_times([e for e in events if e.source in sources],
                                 self.capture_time(self.context, kernel),
                                 self.boot_time(self.context, kernel, listed))
 
-    def _eventlog_events(self, listed: Sequence, scanned: Sequence) -> List[Event]:
-        """Rows of the carved records; those another computer logged are flagged."""
+    def _eventlog_events(self, readable: Sequence) -> List[Event]:
+        """Rows of the records carved from ``readable`` processes (those ``--pid``/``--name``
+        select) and from physical memory; those another computer logged are flagged."""
         kernel = self.config["kernel"]
-        procs = self._carving_processes(listed, scanned)
+        procs = self._carving_processes(readable)
         narrowed = bool(self.config.get("pid") or self.config.get("name"))
         found = self.carve_event_logs(self.context, kernel, procs, not narrowed, self._progress_callback)
         machine = this_computer(found)
@@ -725,20 +732,26 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
             events.append(event)
         return events
 
-    def _carving_processes(self, listed: Sequence, scanned: Sequence) -> List:
-        """Linked processes, plus pool-only ones whose kernel address can be recovered."""
-        kernel = self.config["kernel"]
+    @classmethod
+    def readable_processes(cls, context: interfaces.context.ContextInterface, kernel_name: str,
+                           listed: Sequence, scanned: Sequence) -> List:
+        """Linked processes, plus pool-only ones whose kernel address can be recovered
+        (their memory can still be read: VADs, records, where their threads started)."""
         procs = list(listed)
         known = {(int(p.UniqueProcessId), int(p.CreateTime.QuadPart)) for p in procs}
         for proc in scanned:
             try:
                 if (int(proc.UniqueProcessId), int(proc.CreateTime.QuadPart)) in known:
                     continue
-                virtual = _virtual_process(self.context, kernel, proc)
+                virtual = _virtual_process(context, kernel_name, proc)
             except exceptions.InvalidAddressException:
                 continue
             if virtual is not None:
                 procs.append(virtual)
+        return procs
+
+    def _carving_processes(self, procs: Sequence) -> List:
+        """The readable processes ``--pid``/``--name`` select."""
         wanted = set(self.config.get("pid") or [])
         drop = vadwalk.name_filter(self.config.get("name"))
         return [p for p in procs if (not wanted or int(p.UniqueProcessId) in wanted) and not drop(p)]
@@ -781,8 +794,9 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
 
     def generate_timeline(self) -> Iterator[Tuple[str, timeliner.TimeLinerType, datetime]]:
         """Event-log records for stock ``timeliner`` (its other sources it has)."""
-        listed, scanned = self.find_processes(self.context, self.config["kernel"])
-        for event in sorted(self._eventlog_events(listed, scanned), key=Event.sort_key):
+        kernel = self.config["kernel"]
+        readable = self.readable_processes(self.context, kernel, *self.find_processes(self.context, kernel))
+        for event in sorted(self._eventlog_events(readable), key=Event.sort_key):
             yield (f"EventLog: {event.detail} [{event.provenance}]", timeliner.TimeLinerType.CREATED,
                    event.time)
 
