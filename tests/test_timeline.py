@@ -393,7 +393,7 @@ def test_burst_defaults_catch_7_threads_in_4_s_and_leave_start_up_alone(win7_ima
     bursts = _bursts(image)
     assert {pid: len(groups) for pid, groups in bursts.items()} == {1484: 1, 2172: 1, 2356: 1}
     (firefox,) = bursts[2356]
-    assert firefox[0]["Detail"] == "7 threads created in firefox.exe (2356) within 3.900 s"
+    assert firefox[0]["Detail"] == "7 threads created in firefox.exe (2356) within 3.900 s, 7 of them in injected code"
     assert [r["Time"] for r in firefox[1:]] == [exact(FIREFOX_BURST + 0.65 * i) for i in range(7)]
     assert 2356 not in _bursts(image, burst_window=1)          # the old default missed it
     without = _bursts(image, startup=0)                          # without the start-up rule, start-ups are bursts
@@ -420,7 +420,8 @@ def test_every_event_log_row_names_its_computer_and_others_are_flagged(win7_imag
     _, truth = win7_image
     records = {(p["va"] or p["pa"]): p for p in truth["plants"] if p["kind"] in ("evtx-record", "evt-record")}
     logged = [r for r in rows if r["Source"] == "eventlog"]
-    assert all(re.search(r"\) on [A-Z0-9-]+: ", r["Detail"]) for r in logged)
+    assert all(re.search(r"\) on [A-Z0-9-]+(: |$)", r["Detail"]) for r in logged)
+    assert next(r["Detail"] for r in logged if " 6005 " in r["Detail"]) == "System 6005 (record 1, EventLog) on JOHN-PC"
     foreign = {r["Detail"].split(" on ")[1].split(":")[0]: r["Flags"] for r in logged if "logged on" in r["Flags"]}
     assert foreign == {name: f"logged on {name}, not on this machine ({COMPUTER})"
                        for name in (OTHER_COMPUTER, "XPBOX")}
@@ -611,7 +612,8 @@ def test_threads_are_named_after_the_process_alive_when_they_started():
 def test_event_log_values_are_named_capped_and_escaped():
     long = "A" * 150
     text = timeline._values([("TargetUserName", "john"), (None, "bare"), ("CommandLine", long)])
-    assert text == f"TargetUserName=john; bare; CommandLine={'A' * (timeline.VALUE_CAP - 1)}\u2026"
+    assert text == f": TargetUserName=john; bare; CommandLine={'A' * (timeline.VALUE_CAP - 1)}\u2026"
+    assert timeline._values([]) == ""
     event = _at(3, "eventlog", "logged", None, None, "System 7036 (record 9) on PC: param1=a\tb\r\nc\x1b")
     assert event.values()[5] == "System 7036 (record 9) on PC: param1=a\\tb\\r\\nc\\x1b"
 

@@ -197,11 +197,12 @@ def _log_warnings(found: Found, reported: Set[Tuple]) -> None:
 
 
 def _values(fields: Iterable[Tuple[Optional[str], str]]) -> str:
-    """``Name=value; …`` (a bare value where the record names none), each value capped at
-    VALUE_CAP characters with an ellipsis."""
+    """``: Name=value; …`` (a bare value where the record names none), each value capped at
+    VALUE_CAP characters with an ellipsis; empty without values."""
     def cap(value: str) -> str:
         return value if len(value) <= VALUE_CAP else value[:VALUE_CAP - 1] + "\u2026"
-    return "; ".join(f"{name}={cap(value)}" if name else cap(value) for name, value in fields)
+    text = "; ".join(f"{name}={cap(value)}" if name else cap(value) for name, value in fields)
+    return f": {text}" if text else ""
 
 
 def this_computer(found: Sequence[Found]) -> Optional[str]:
@@ -602,7 +603,7 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
             if when is None:
                 return None                     # TimeGenerated and TimeWritten both 0
             detail = (f"{record.source_name} {record.event_id} (record {record.record_id}, EVT) on "
-                      f"{record.computer or '?'}: {_values((None, s) for s in record.strings)}")
+                      f"{record.computer or '?'}{_values((None, s) for s in record.strings)}")
             return Event(when, "eventlog", "logged", None, None, detail, f"evt record in {found.where}",
                          computer=record.computer or None, found_in=holder)
         if record.time is None:
@@ -610,7 +611,7 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
         what = record.channel or "(channel unknown)"
         event_id = "?" if record.event_id is None else record.event_id
         detail = (f"{what} {event_id} (record {record.record_id}, {record.provider or 'provider unknown'})"
-                  f" on {record.computer or '?'}: {_values(record.fields())}")
+                  f" on {record.computer or '?'}{_values(record.fields())}")
         kind = "evtx chunk" if record.source == "evtx-chunk" else "evtx record"
         return Event(record.time, "eventlog", "logged", None, None, detail, f"{kind} in {found.where}",
                      computer=record.computer, found_in=holder)
@@ -897,9 +898,11 @@ def _thread_bursts(events: Sequence[Event], burst: int, burst_window: float, sta
         for cluster in _clusters([e.time for e in group], burst, timedelta(seconds=burst_window)):
             basis = group[cluster[0]:cluster[1]]
             span = (basis[-1].time - basis[0].time).total_seconds()
+            injected_starts = sum(1 for e in basis if e.start_in)
+            note = f", {injected_starts} of them in injected code" if injected_starts else ""
             flags.append(Flag(basis[0].time, "thread-burst", pid, basis[0].process,
                               f"{len(basis)} threads created in {basis[0].process} ({pid}) within "
-                              f"{span:.3f} s", basis))
+                              f"{span:.3f} s{note}", basis))
     return flags
 
 
