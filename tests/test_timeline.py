@@ -393,7 +393,8 @@ def test_burst_defaults_catch_7_threads_in_4_s_and_leave_start_up_alone(win7_ima
     bursts = _bursts(image)
     assert {pid: len(groups) for pid, groups in bursts.items()} == {1484: 1, 2172: 1, 2356: 1}
     (firefox,) = bursts[2356]
-    assert firefox[0]["Detail"] == "7 threads created in firefox.exe (2356) within 3.900 s, 7 of them in injected code"
+    assert firefox[0]["Detail"] == ("7 threads created in firefox.exe (2356) within 3.900 s, "
+                                    "7 of them in injected code")
     assert [r["Time"] for r in firefox[1:]] == [exact(FIREFOX_BURST + 0.65 * i) for i in range(7)]
     assert 2356 not in _bursts(image, burst_window=1)          # the old default missed it
     without = _bursts(image, startup=0)                          # without the start-up rule, start-ups are bursts

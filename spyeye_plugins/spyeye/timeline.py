@@ -39,6 +39,9 @@ MAGICS = ((b"**", b"\0\0"), (b"LfLe", b""))
 VALUE_CAP = 100                            # characters of one event-log value shown in Detail
 # --correlate defaults, see docs/timeline.md "Choosing the burst defaults"
 BURST, BURST_WINDOW, STARTUP = 5, 5, 10
+# row flags that --correlate gathers into one flag each (None: one per flag text, i.e. per computer)
+IMPOSSIBLE = {"after-capture": "dated after the capture time", "before-boot": "dated before the boot",
+              "other-computer": None}
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ class Event:
     process: Optional[str]
     detail: str
     provenance: str
-    flags: Tuple[str, ...] = ()
+    flags: Tuple[Tuple[str, str], ...] = ()  # (rule, text): what about the row cannot be right
     start_in: Optional[Tuple[str, Optional[str]]] = None  # thread: (injected region, symbol) it starts at
     computer: Optional[str] = None          # event-log record: the Computer that logged it
     found_in: Optional[Tuple[int, str]] = None  # carved record: the process whose memory held it
@@ -63,11 +66,14 @@ class Event:
 
     def values(self) -> Tuple:
         return (self.time, self.source, self.action, vadwalk.optional(self.pid),
-                vadwalk.optional(self.process), text_cell(self.detail), "; ".join(self.flags),
+                vadwalk.optional(self.process), text_cell(self.detail), self.flag_text(),
                 text_cell(self.provenance))
 
-    def flagged(self, *flags: str) -> "Event":
-        return replace(self, flags=self.flags + flags)
+    def flag_text(self) -> str:
+        return "; ".join(text for _, text in self.flags)
+
+    def flagged(self, rule: str, text: str) -> "Event":
+        return replace(self, flags=self.flags + ((rule, text),))
 
 
 @dataclass
@@ -270,6 +276,11 @@ class ProcessCode:
                 context, kernel_name, proc, protect, all_exec=True)}
         return self._candidates
 
+    def thread_start(self, start: int, win32: int) -> Optional[Tuple[str, Optional[str]]]:
+        """Where a thread starts, when that is injected code: its Win32 start address, else
+        its StartAddress (never the ntdll thunk)."""
+        return (self.locate(win32) if win32 else None) or self.locate(start)
+
     def locate(self, address: int) -> Optional[Tuple[str, Optional[str]]]:
         """(region, symbol) when ``address`` lies in an injected image or private memory:
         ``("ccgrabber.dll (private executable memory 0x…-0x…)", "SpyEye_Start")``; else None."""
@@ -290,7 +301,7 @@ class ProcessCode:
 
 
 class ThreadStarts:
-    """``ProcessCode`` of each listed process, built when one of its threads is looked up."""
+    """``ProcessCode`` of each readable process, built when one of its threads is looked up."""
 
     def __init__(self, context, kernel_name: str, procs: Sequence) -> None:
         self._args = (context, kernel_name, vadwalk.protection_values(context, kernel_name))
@@ -301,7 +312,7 @@ class ThreadStarts:
                 self._procs.setdefault(int(proc.UniqueProcessId), []).append((started, proc))
             except exceptions.InvalidAddressException:
                 continue
-        self._spaces: Dict[int, Optional[ProcessCode]] = {}
+        self._spaces: Dict[int, Optional[ProcessCode]] = {}      # by id() of the process object
 
     def space(self, pid: int, created: Optional[datetime]) -> Optional[ProcessCode]:
         """The code map of the process ``pid`` that a thread created then belongs to (the
@@ -450,11 +461,9 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
             provenance = _merge_provenance("threads", "thrdscan", info["seen"], bool(info["exit"]))
             space = starts.space(info["pid"], info["create"]) if starts else None
             detail = _thread_detail(info["tid"], info["start"], info["win32"], space)
-            start_in = space.locate(info["win32"] or info["start"]) if space else None
-            if start_in is None and space and not space.is_thread_start_thunk(info["start"]):
-                start_in = space.locate(info["start"])
-            flags = (f"starts in {start_in[0]}" + (f" at {start_in[1]}" if start_in[1] else ""),) \
-                if start_in else ()
+            start_in = space.thread_start(info["start"], info["win32"]) if space else None
+            flags = (("injected-thread-start",
+                      f"starts in {start_in[0]}" + (f" at {start_in[1]}" if start_in[1] else "")),) if start_in else ()
             for action, when in (("created", info["create"]), ("exited", info["exit"])):
                 if when:
                     events.append(Event(when, "thread", action, info["pid"],
@@ -649,8 +658,8 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
         try:
             created = filetime(system.CreateTime.QuadPart)
             if created is None:
-                times = [filetime(t.CreateTime.QuadPart) for t in threads.Threads.list_threads(context, kernel_name, system)]
-                created = min((t for t in times if t), default=None)
+                system_threads = threads.Threads.list_threads(context, kernel_name, system)
+                created = min(filter(None, (filetime(t.CreateTime.QuadPart) for t in system_threads)), default=None)
         except exceptions.InvalidAddressException:
             return None
         return created
@@ -663,9 +672,9 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
         out = []
         for event in events:
             if capture and event.time > capture:
-                event = event.flagged(f"after the capture time (+{_span(event.time - capture)})")
+                event = event.flagged("after-capture", f"after the capture time (+{_span(event.time - capture)})")
             elif boot and event.time < boot and event.source != "eventlog":
-                event = event.flagged(f"before the boot (-{_span(boot - event.time)})")
+                event = event.flagged("before-boot", f"before the boot (-{_span(boot - event.time)})")
             out.append(event)
         return out
 
@@ -729,7 +738,7 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
             if event is None:
                 continue
             if machine and event.computer and not same_computer(event.computer, machine):
-                event = event.flagged(f"logged on {event.computer}, not on this machine ({machine})")
+                event = event.flagged("other-computer", f"logged on {event.computer}, not on this machine ({machine})")
             events.append(event)
         return events
 
@@ -777,7 +786,7 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
         for event in events:
             times = [str(int(event.time.timestamp()))] * 4   # as Volatility 2's body output: mactime
             # lists a 0 time as an undated entry, so every time field carries the event's time
-            flags = f" [{'; '.join(event.flags)}]" if event.flags else ""
+            flags = f" [{event.flag_text()}]" if event.flags else ""
             name = (f"[{event.source} {event.action}] {event.time.isoformat()} PID "
                     f"{'-' if event.pid is None else event.pid} {event.process or ''} {event.detail}{flags} "
                     f"({event.provenance})")
@@ -934,9 +943,9 @@ def _injected_starts(events: Sequence[Event]) -> List[Flag]:
         regions: Dict[str, List[str]] = {}
         for event in group:
             region, symbol = event.start_in
-            if symbol and symbol not in regions.setdefault(region, []):
-                regions[region].append(symbol)
-            regions.setdefault(region, [])
+            symbols = regions.setdefault(region, [])
+            if symbol and symbol not in symbols:
+                symbols.append(symbol)
         where = "; ".join(region + (f" at {', '.join(symbols)}" if symbols else "")
                           for region, symbols in regions.items())
         count = f"{len(group)} thread{'s' if len(group) > 1 else ''}"
@@ -950,13 +959,9 @@ def _impossible(events: Sequence[Event]) -> List[Flag]:
     boot, or logged on another computer (one flag per computer)."""
     groups: Dict[Tuple[str, str], List[Event]] = {}
     for event in events:
-        for flag in event.flags:
-            if flag.startswith("after the capture time"):
-                groups.setdefault(("after-capture", "dated after the capture time"), []).append(event)
-            elif flag.startswith("before the boot"):
-                groups.setdefault(("before-boot", "dated before the boot"), []).append(event)
-            elif flag.startswith("logged on "):
-                groups.setdefault(("other-computer", flag), []).append(event)
+        for rule, text in event.flags:
+            if rule in IMPOSSIBLE:
+                groups.setdefault((rule, IMPOSSIBLE[rule] or text), []).append(event)
     flags = []
     for (rule, what), basis in groups.items():
         basis.sort(key=Event.sort_key)
