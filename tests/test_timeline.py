@@ -271,6 +271,9 @@ def test_correlation_is_quiet_on_a_scenario_without_the_story(tmp_path_factory):
     image, _ = write_image(clean_win7(), tmp_path_factory.mktemp("clean"))
     timeline = run_plugin(image, PLUGIN, {"source": ["process", "thread", "network"]})
     assert Counter(r["Source"] for r in timeline) == {"process": 13, "thread": 48, "network": 3}
+    assert {r["Flags"] for r in timeline} == {""}          # nothing starts in injected code, no odd time
+    user_threads = [r["Detail"] for r in timeline if r["Source"] == "thread" and r["PID"] != 4]
+    assert user_threads and all(re.fullmatch(r"TID \d+, Win32 start 0x[0-9a-f]+", d) for d in user_threads)
     assert run_plugin(image, PLUGIN, {"correlate": True}) == []
     tight = run_plugin(image, PLUGIN, {"correlate": True, "burst": 3, "burst_window": 1, "startup": 0})
     assert tight and {r["Action"] for r in tight if r["__depth"] == 0} == {"thread-burst"}
