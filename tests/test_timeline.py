@@ -630,12 +630,30 @@ def _found(computer: str, live: bool) -> "timeline.Found":
                           if live else None)
 
 
-def test_this_machine_is_the_majority_computer_of_the_live_logs():
+class _EnvProcess:
+    """A process whose environment block is read (Peb set) or unreadable (``env`` None)."""
+
+    def __init__(self, env: Optional[Dict[str, str]]) -> None:
+        self.Peb, self.env = 0x7FFDF000, env
+
+    def environment_variables(self):
+        if self.env is None:
+            raise plugin_module("spyeye.timeline").exceptions.InvalidAddressException("layer", 0, "paged out")
+        return iter(self.env.items())
+
+
+def test_this_machine_is_the_environment_s_computername_else_the_live_logs_majority():
     live = [_found("JOHN-PC", True)] * 3 + [_found("WKS-ACCT07", True)]
     stray = [_found("WKS-ACCT07", False)] * 10          # many carved copies from elsewhere do not outvote
-    assert timeline.this_computer(live + stray) == "JOHN-PC"
-    assert timeline.this_computer(stray + [_found("JOHN-PC", False)]) == "WKS-ACCT07"   # no live log: all
-    assert timeline.this_computer([_found("A", False), _found("B", False)]) is None      # a tie: no verdict
+    assert timeline.this_computer([], live + stray) == "JOHN-PC"
+    assert timeline.this_computer([], stray + [_found("JOHN-PC", False)]) == "WKS-ACCT07"   # no live log: all
+    assert timeline.this_computer([], [_found("A", False), _found("B", False)]) is None      # a tie: no verdict
+    assert timeline.this_computer([], [_found("john-pc.corp.example", True), _found("JOHN-PC", True)]) == \
+        "john-pc.corp.example"                                                  # one machine, two spellings
+    procs = [_EnvProcess({"Path": "C:\\Windows", "COMPUTERNAME": "ACCT-PC"}), _EnvProcess(None),
+             _EnvProcess({"ComputerName": "ACCT-PC"}), _EnvProcess({"PATH": "x"})]
+    assert timeline.this_computer(procs, live) == "ACCT-PC"          # the environment outranks the logs
+    assert timeline.this_computer([_EnvProcess(None)], live) == "JOHN-PC"
     assert timeline.same_computer("john-pc.corp.example", "JOHN-PC")
     assert not timeline.same_computer("JOHN-PC2", "JOHN-PC")
 

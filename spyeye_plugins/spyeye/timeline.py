@@ -211,16 +211,42 @@ def _values(fields: Iterable[Tuple[Optional[str], str]]) -> str:
     return f": {text}" if text else ""
 
 
-def this_computer(found: Sequence[Found]) -> Optional[str]:
-    """This machine's name: the Computer most records of the live logs (chunks in mapped
-    ``.evtx`` files) carry; without those, the most common Computer of every carved record."""
+def this_computer(procs: Sequence, found: Sequence[Found]) -> Optional[str]:
+    """This machine's name: the ``COMPUTERNAME`` most processes' environments hold; without
+    one, the Computer most records of the live logs (chunks in mapped ``.evtx`` files) carry;
+    without those, the most common Computer of every carved record; None on a tie."""
+    from_environment = _majority(environment_computer(proc) for proc in procs)
+    if from_environment:
+        return from_environment
     live = [f.record.computer for f in found if f.file and f.file.lower().endswith(".evtx")
-            and getattr(f.record, "chunk", None) is not None and f.record.computer]
-    names = Counter(live or [f.record.computer for f in found if f.record.computer])
-    ranked = names.most_common(2)
+            and getattr(f.record, "chunk", None) is not None]
+    return _majority(live) or _majority(f.record.computer for f in found)
+
+
+def environment_computer(proc) -> Optional[str]:
+    """``COMPUTERNAME`` in the process's environment block, None if absent or unreadable."""
+    try:
+        if not proc.Peb:
+            return None
+        return next((value for name, value in proc.environment_variables() if name.upper() == "COMPUTERNAME"),
+                    None)
+    except (exceptions.VolatilityException, AttributeError, TypeError, ValueError):
+        return None
+
+
+def _majority(names: Iterable[Optional[str]]) -> Optional[str]:
+    """The most common machine (by host label, as ``same_computer`` compares), spelt as it
+    first appeared; None when there is none or a tie."""
+    spelt: Dict[str, str] = {}
+    counts: Counter = Counter()
+    for name in filter(None, names):
+        key = name.split(".", 1)[0].upper()
+        spelt.setdefault(key, name)
+        counts[key] += 1
+    ranked = counts.most_common(2)
     if not ranked or (len(ranked) == 2 and ranked[0][1] == ranked[1][1]):
-        return None                     # nothing to go by, or a tie
-    return ranked[0][0]
+        return None
+    return spelt[ranked[0][0]]
 
 
 def same_computer(a: str, b: str) -> bool:
@@ -727,7 +753,7 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
         procs = self._carving_processes(readable)
         narrowed = bool(self.config.get("pid") or self.config.get("name"))
         found = self.carve_event_logs(self.context, kernel, procs, not narrowed, self._progress_callback)
-        machine = this_computer(found)
+        machine = this_computer(readable, found)
         if machine is None and found:
             vollog.warning("this machine's name cannot be told from the event logs: Computer not checked")
         reported: Set[Tuple] = set()
