@@ -305,13 +305,13 @@ def syscall_stub(code: bytes, bits: int) -> Optional[SyscallStub]:
 
 def out_of_sequence(stubs: Sequence[Tuple[int, int]]) -> List[int]:
     """Addresses of stubs whose number breaks the ascending order of ``(address, number)``
-    pairs. ntdll lays its stubs out in syscall-number order; the test is only made when at
-    least four stubs and nine in ten neighbouring pairs agree with that order."""
+    pairs. ntdll lays its stubs out in syscall-number order; the test is only made when there
+    are at least four stubs and at most two neighbouring pairs (or one in ten) fall."""
     ordered = sorted(set(stubs))
     if len(ordered) < 4:
         return []
-    rising = sum(a[1] < b[1] for a, b in zip(ordered, ordered[1:]))
-    if rising < 0.9 * (len(ordered) - 1):
+    falling = sum(a[1] >= b[1] for a, b in zip(ordered, ordered[1:]))
+    if falling > max(2, (len(ordered) - 1) // 10):
         return []
     flagged = []
     for index, (address, number) in enumerate(ordered):
