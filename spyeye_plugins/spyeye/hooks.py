@@ -137,9 +137,11 @@ class ProcessView:
     def module_at(self, address: int) -> Optional[Module]:
         return next((m for m in self.modules if m.contains(address)), None)
 
-    def listed_module(self, dll: str) -> Optional[Module]:
+    def listed_module(self, dll: str, bits: int) -> Optional[Module]:
+        """The loader-listed module named ``dll`` of the given bitness (WoW64 processes hold a
+        64-bit and a 32-bit ntdll.dll)."""
         dll = dll.lower()
-        return next((m for m in self.modules if m.listed and m.name.lower() == dll), None)
+        return next((m for m in self.modules if m.listed and m.name.lower() == dll and m.bits == bits), None)
 
 
 @dataclass
@@ -347,7 +349,7 @@ class Hooks(interfaces.plugins.PluginInterface):
         for slot in slots:
             if not slot.bound:
                 continue
-            exporter = view.listed_module(slot.dll)
+            exporter = view.listed_module(slot.dll, module.bits)
             if exporter is None:
                 continue
             expected = cls._resolve_export(view, exporter, slot.name, slot.ordinal)
@@ -376,7 +378,7 @@ class Hooks(interfaces.plugins.PluginInterface):
             if export.forwarder is None:
                 return export.address
             dll, _, function = export.forwarder.partition(".")
-            target = view.listed_module(dll if "." in dll else dll + ".dll")
+            target = view.listed_module(dll if "." in dll else dll + ".dll", module.bits)
             if target is None:
                 return None
             module, name, ordinal = target, function, None
@@ -441,10 +443,10 @@ class Hooks(interfaces.plugins.PluginInterface):
         return found
 
     # --- output --------------------------------------------------------------------------------
-    def _generator(self, procs: Sequence, max_functions: int):
+    def _generator(self, procs: Sequence, every: Sequence, max_functions: int):
         kernel = self.config["kernel"]
         protect = vadwalk.protection_values(self.context, kernel)
-        peers = PeerIndex(self.context, kernel, protect)
+        peers = PeerIndex(self.context, every, protect)
         floor = 0 if self.config.get("all") else 1
         for index, proc in enumerate(procs):
             view = self.process_view(self.context, kernel, proc, protect)
@@ -491,19 +493,22 @@ class Hooks(interfaces.plugins.PluginInterface):
         max_functions = DEFAULT_MAX_FUNCTIONS if max_functions is None else max_functions
         if max_functions <= 0:
             raise UsageError(f"--max-functions must be positive, not {max_functions}")
-        procs = self._selected()
-        return renderers.TreeGrid(columns, self._generator(procs, max_functions))
+        procs, every = self._selected()
+        return renderers.TreeGrid(columns, self._generator(procs, every, max_functions))
 
-    def _selected(self) -> list:
-        """The selected processes; a PID or name that matches none is a usage error."""
-        pids, names = self.config.get("pid"), self.config.get("name")
-        procs = vadwalk.selected_processes(self.context, self.config["kernel"], pids, names)
-        missing = sorted(set(pids or []) - {int(p.UniqueProcessId) for p in procs})
+    def _selected(self) -> Tuple[list, list]:
+        """(selected processes, every active process); a PID or name that matches none is a
+        usage error (one line, before any row)."""
+        pids, names = self.config.get("pid") or [], self.config.get("name")
+        every = list(pslist.PsList.list_processes(self.context, self.config["kernel"]))
+        drop = vadwalk.name_filter(names)
+        procs = [p for p in every if (not pids or int(p.UniqueProcessId) in pids) and not drop(p)]
+        missing = sorted(set(pids) - {int(p.UniqueProcessId) for p in every})
         if missing:
             raise UsageError(f"no process with PID {', '.join(map(str, missing))} in the active process list")
         if names and not procs:
             raise UsageError(f"no process named {', '.join(names)} in the active process list")
-        return procs
+        return procs, every
 
 
 class PeerIndex:
@@ -512,16 +517,15 @@ class PeerIndex:
     Copies of a module share physical frames until one process writes to a page; an entry whose
     page frame equals every other copy's is not read again. Built lazily over all processes."""
 
-    def __init__(self, context: interfaces.context.ContextInterface, kernel_module_name: str,
-                 protect_values) -> None:
-        self._context, self._kernel, self._protect = context, kernel_module_name, protect_values
+    def __init__(self, context: interfaces.context.ContextInterface, procs: Sequence, protect_values) -> None:
+        self._context, self._procs, self._protect = context, procs, protect_values
         self._by_key: Optional[Dict[Tuple[str, int, int], List[Tuple[int, str]]]] = None
 
     def _index(self) -> Dict[Tuple[str, int, int], List[Tuple[int, str]]]:
         """(file, base, size) of each image VAD with a file name -> [(pid, layer name)]."""
         if self._by_key is None:
             self._by_key = collections.defaultdict(list)
-            for proc in pslist.PsList.list_processes(self._context, self._kernel):
+            for proc in self._procs:
                 layer_name = vadwalk.process_layer(proc)
                 if layer_name is None:
                     continue
