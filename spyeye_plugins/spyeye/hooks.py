@@ -77,6 +77,17 @@ class Module:
         page = self.image.read(0, min(vadwalk.PAGE, self.vad.size))
         return hp.table_location(page, self.image.read, self.vad.size) if page else None
 
+    @functools.cached_property
+    def imports(self) -> Tuple[List[hp.ImportSlot], List[str]]:
+        """The module's IAT slots and the warnings parsing them gave."""
+        if self.tables is None:
+            return [], []
+        return hp.parse_imports(self.image.read, self.vad.size, self.tables)
+
+    @functools.cached_property
+    def iat_rvas(self) -> frozenset:
+        return frozenset(slot.slot_rva for slot in self.imports[0])
+
     @property
     def bits(self) -> int:
         return self.tables.bits if self.tables else (64 if self.pe.machine == "x64" else 32)
@@ -165,6 +176,8 @@ class Hook:
     evidence: List[Tuple[str, str]] = field(default_factory=list)
     changed: bool = False
     """Whether the entry differs from the majority of the other processes' copies."""
+    via_iat: bool = False
+    """An indirect jump or call through the module's own IAT (an import thunk or tail call)."""
 
 
 def module_name(vad: vadwalk.VadFacts, pe: Optional[MappedPE] = None) -> str:
@@ -267,8 +280,8 @@ class Hooks(interfaces.plugins.PluginInterface):
             majority = peers.majority(view, module, address)
             own = module.read_abs(address, COMPARE_BYTES)
             differs = majority is not None and own is not None and own != majority[0]
-            technique = "" if cls._through_own_table(module, patch) else patch.technique or ""
-            hook = Hook(module, labels[0], "inline", technique, address, patch.target, patch.raw, patch.text)
+            hook = Hook(module, labels[0], "inline", patch.technique or "", address, patch.target, patch.raw,
+                        patch.text, via_iat=patch.slot is not None and patch.slot - module.base in module.iat_rvas)
             if len(labels) > 1:
                 hook.evidence.append(("also exported as", ", ".join(labels[1:])))
             if differs:
@@ -292,14 +305,6 @@ class Hooks(interfaces.plugins.PluginInterface):
                         view.pid, module.name, undecodable)
         yield from cls._sequence_hooks(module, stubs)
         yield from cls._eat_hooks(module)
-
-    @staticmethod
-    def _through_own_table(module: Module, patch: hp.EntryPatch) -> bool:
-        """An indirect jump or call through a slot in the module's own data (its IAT: an import
-        thunk or tail call, which the IAT check covers), not through bytes in its code."""
-        slot, tables = patch.slot, module.tables
-        return (slot is not None and tables is not None and module.contains(slot)
-                and not tables.in_code(slot - module.base))
 
     @staticmethod
     def _syscall_hook(hook: Hook, stub: Optional[hp.SyscallStub], majority, bits: int) -> Hook:
@@ -340,9 +345,7 @@ class Hooks(interfaces.plugins.PluginInterface):
 
     @classmethod
     def _iat_hooks(cls, view: ProcessView, module: Module) -> List[Hook]:
-        if module.tables is None:
-            return []
-        slots, warnings = hp.parse_imports(module.image.read, module.vad.size, module.tables)
+        slots, warnings = module.imports
         for warning in warnings:
             vollog.warning("PID %d %s imports: %s", view.pid, module.name, warning)
         found = []
@@ -408,6 +411,8 @@ class Hooks(interfaces.plugins.PluginInterface):
         if other is not None:
             hook.target_module, hook.target_export = other.name, other.export_near(target)
         candidate = view.candidates.get(hook.region.start) if hook.region else None
+        if hook.via_iat and not (other is not None and other.listed and target in other.export_addresses()):
+            return False                      # the IAT check reports where that slot leads
         if candidate is not None:
             hook.confidence, hook.reason = "high", "; ".join(candidate.reasons[:2])
             if candidate.pe is not None and other is None:
