@@ -32,6 +32,9 @@ vollog = logging.getLogger(__name__)
 
 DEFAULT_MAX_FUNCTIONS = 4096
 COMPARE_BYTES = 16
+"""Bytes of an entry whose change makes it ``modified`` (short: x64 stubs sit in 16-byte slots)."""
+VOTE_BYTES = 32
+"""Bytes of an entry read from each copy (enough for the longest syscall stub)."""
 MIN_COPIES = 3
 """Copies of a module (this process's included) needed before a majority can say what is original."""
 MAX_FORWARDS = 4
@@ -273,13 +276,14 @@ class Hooks(interfaces.plugins.PluginInterface):
         bits = module.bits
         is_ntdll = module.name.lower() == "ntdll.dll"
         stubs: List[Tuple[int, int]] = []
+        renumbered: set = set()
         undecodable = 0
         for address, labels in cls._functions(module, max_functions, view.pid):
             patch = hp.classify_entry(module.read_abs, address, bits)
             undecodable += patch.note.startswith("undecodable")
             majority = peers.majority(view, module, address)
-            own = module.read_abs(address, COMPARE_BYTES)
-            differs = majority is not None and own is not None and own != majority[0]
+            own = hp.read_code(module.read_abs, address, VOTE_BYTES)
+            differs = majority is not None and own is not None and own[:COMPARE_BYTES] != majority[0][:COMPARE_BYTES]
             hook = Hook(module, labels[0], "inline", patch.technique or "", address, patch.target, patch.raw,
                         patch.text, via_iat=patch.slot is not None and patch.slot - module.base in module.iat_rvas)
             if len(labels) > 1:
@@ -287,23 +291,25 @@ class Hooks(interfaces.plugins.PluginInterface):
             if differs:
                 hook.changed = True
                 hook.evidence.append((f"bytes before (majority of {majority[2]} copies in {majority[1]})",
-                                      majority[0].hex()))
-                hook.evidence.append(("bytes after (this process)", own.hex()))
+                                      majority[0][:COMPARE_BYTES].hex()))
+                hook.evidence.append(("bytes after (this process)", own[:COMPARE_BYTES].hex()))
             stub = hp.syscall_stub(own or b"", bits) if is_ntdll and labels[0][:2] in ("Nt", "Zw") else None
             if stub is not None:
                 stubs.append((address, stub.number))
             if is_ntdll and labels[0][:2] in ("Nt", "Zw"):
                 hook = cls._syscall_hook(hook, stub, majority if differs else None, bits)
+            if hook.technique == "syscall_number":
+                renumbered.add(address)
             if hook.technique:
                 yield hook
             elif differs:
                 hook.kind = hook.technique = "modified"
-                hook.target, hook.raw = None, own
+                hook.target, hook.raw = None, own[:COMPARE_BYTES]
                 yield hook
         if undecodable:
             vollog.info("PID %d %s: %d exported entries undecodable (data exports or garbage)",
                         view.pid, module.name, undecodable)
-        yield from cls._sequence_hooks(module, stubs)
+        yield from cls._sequence_hooks(module, [s for s in stubs if s[0] not in renumbered])
         yield from cls._eat_hooks(module)
 
     @staticmethod
@@ -545,35 +551,35 @@ class PeerIndex:
         return vadwalk.physical_pages(self._context.layers[layer_name], page, 1)[0]
 
     def majority(self, view: ProcessView, module: Module, address: int) -> Optional[Tuple[bytes, str, int]]:
-        """(majority bytes, where, copies) at ``address`` over every copy of ``module`` when the
-        copies not in this process's page frame hold a majority, else None."""
-        copies = self._index().get(module.key, [])
-        others = [(pid, layer) for pid, layer in copies if pid != view.pid]
+        """(bytes at ``address`` in most copies, where they were seen, copies that voted), or
+        None when every copy shares this process's page frame, there are fewer than
+        ``MIN_COPIES`` copies, or no first ``COMPARE_BYTES`` hold a strict majority."""
+        others = [(pid, layer) for pid, layer in self._index().get(module.key, []) if pid != view.pid]
         if len(others) + 1 < MIN_COPIES:
             return None
         page = address & ~(vadwalk.PAGE - 1)
         own_frame = self._frame(view.layer_name, page)
-        frames = collections.Counter(self._frame(layer, page) for _, layer in others)
-        if own_frame is not None and set(frames) <= {own_frame}:
+        by_frame: Dict[Optional[int], List[str]] = collections.defaultdict(list)
+        for _, layer in others:
+            by_frame[self._frame(layer, page)].append(layer)
+        if own_frame is not None and set(by_frame) == {own_frame}:
             return None                                  # every copy shares this process's frame
         votes: collections.Counter = collections.Counter()
-        for frame, count in frames.items():
-            if frame is None:
-                continue
-            layer = next(l for _, l in others if self._frame(l, page) == frame)
-            data = injected.region_reader(self._context.layers[layer], 0)(address, COMPARE_BYTES)
-            if data is not None:
-                votes[data] += count
-        own = module.read_abs(address, COMPARE_BYTES)
-        if own is not None:
-            votes[own] += 1
+        seen: Dict[bytes, bytes] = {}
+        readers = [(hp.read_code(module.read_abs, address, VOTE_BYTES), 1)]
+        readers += [(hp.read_code(injected.region_reader(self._context.layers[layers[0]], 0), address, VOTE_BYTES),
+                     len(layers)) for frame, layers in by_frame.items() if frame is not None]
+        for data, count in readers:
+            if data:
+                votes[data[:COMPARE_BYTES]] += count
+                seen.setdefault(data[:COMPARE_BYTES], data)
         if not votes:
             return None
-        data, count = votes.most_common(1)[0]
+        head, count = votes.most_common(1)[0]
         total = sum(votes.values())
         if count * 2 <= total or count < 2:
             return None
-        return data, f"{len(others)} other process(es)", total
+        return seen[head], f"{len(others)} other process(es)", total
 
 
 def _hex(value: Optional[int]):
