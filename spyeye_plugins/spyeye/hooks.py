@@ -297,7 +297,7 @@ class Hooks(interfaces.plugins.PluginInterface):
             if stub is not None:
                 stubs.append((address, stub.number))
             if is_ntdll and labels[0][:2] in ("Nt", "Zw"):
-                hook = cls._syscall_hook(hook, stub, majority if differs else None, bits)
+                hook = cls._syscall_hook(hook, patch, stub, majority if differs else None, bits)
             if hook.technique == "syscall_number":
                 renumbered.add(address)
             if hook.technique:
@@ -313,11 +313,16 @@ class Hooks(interfaces.plugins.PluginInterface):
         yield from cls._eat_hooks(module)
 
     @staticmethod
-    def _syscall_hook(hook: Hook, stub: Optional[hp.SyscallStub], majority, bits: int) -> Hook:
-        """An ntdll Nt*/Zw* entry: a jump instead of a stub, or a stub whose number differs."""
-        if stub is None and hook.technique and hook.target is not None:
-            hook.evidence.append(("entry patch", hook.technique))
-            hook.kind, hook.technique = "syscall", "syscall_jmp"
+    def _syscall_hook(hook: Hook, patch: hp.EntryPatch, stub: Optional[hp.SyscallStub], majority,
+                      bits: int) -> Hook:
+        """An ntdll Nt*/Zw* entry: a jump inside the stub (after intact first instructions; a
+        patch at the entry stays an inline hook), or a stub whose number differs from the
+        other copies'."""
+        inside = len(patch.instructions) > 1 and patch.technique not in (None, "hotpatch")
+        if stub is None and inside and hook.target is not None:
+            hook.evidence.append(("stub patch", f"{patch.technique} at +{patch.instructions[-1].address - hook.address:#x} "
+                                                f"of the stub"))
+            hook.kind, hook.technique, hook.address = "syscall", "syscall_jmp", patch.instructions[-1].address
         elif stub is not None and majority is not None:
             original = hp.syscall_stub(majority[0], bits)
             if original is not None and original.number != stub.number:
