@@ -74,21 +74,35 @@ def test_every_planted_target_and_its_region(every_hook, planted):
         assert row["Target"] == plant["target"], _label(plant)
         region = plant.get("target_region")
         if region is None:
+            assert row["Confidence"] == "medium" and row["Region Start"] is None, _label(plant)
             continue
         assert row["Confidence"] == "high", _label(plant)
+        assert [row["Region Start"], row["Region End"]] == plant["target_vad"], _label(plant)
+        assert "EXECUTE" in row["Protection"] and row["Region File"] == "private", _label(plant)
         if region == "private":
-            assert row["Region File"] == "private" and "EXECUTE" in row["Protection"], _label(plant)
+            assert row["Target Module"] is None, _label(plant)
         else:
             assert region.startswith("injected:")
-            assert (row["Target Module"] or "").lower() == region.split(":", 1)[1].lower(), _label(plant)
-            assert row["Region Start"] <= plant["target"] <= row["Region End"], _label(plant)
+            assert row["Target Module"].lower() == region.split(":", 1)[1].lower(), _label(plant)
 
 
-def test_jumps_into_injected_dll_name_the_export_at_or_before_the_target(every_hook, planted):
-    for plant in planted:
-        if (plant.get("target_region") or "").startswith("injected:"):
-            row, _ = _find(every_hook, plant)
-            assert row["Target Export"] and "+0x" in row["Target Export"], _label(plant)
+def test_jumps_into_injected_dll_name_the_export_at_the_target(every_hook, planted):
+    injected = [p for p in planted if (p.get("target_region") or "").startswith("injected:")]
+    assert injected
+    for plant in injected:
+        row, _ = _find(every_hook, plant)
+        assert row["Target Export"] == f"{plant['target_export']}+0x0", _label(plant)
+        assert "found by spyeye.injected" in row["Detail"], _label(plant)
+
+
+def test_syscall_number_change_shows_both_numbers(every_hook, planted):
+    changed = [p for p in planted if p["technique"] == "syscall_number"]
+    assert changed
+    for plant in changed:
+        _, children = _find(every_hook, plant)
+        numbers = [c["Detail"] for c in children if c["Evidence"] == "syscall number"]
+        assert numbers == [f"{plant['syscall']['patched_number']:#x}, other copies {plant['syscall']['number']:#x} "
+                           f"(x64 (Windows 7) stub)"], _label(plant)
 
 
 def test_clean_processes_have_no_high_confidence_row(every_hook, win7_image):
@@ -124,14 +138,24 @@ def test_no_row_other_than_the_planted_hooks_is_high(every_hook, planted):
     assert extra == []
 
 
-def test_stolen_record_names_the_hooked_function(every_hook, planted):
-    """iexplore's form-grab record says HttpSendRequestA caught it: the hook row says so."""
-    rows = [(row, children) for row, children in every_hook
-            if row["Function"] == "HttpSendRequestA" and row["Process"] == "iexplore.exe"]
-    assert rows, "HttpSendRequestA hook in iexplore.exe not reported"
-    for _, children in rows:
-        ties = [c["Detail"] for c in children if c["Evidence"] == "stolen record"]
-        assert ties and "hooked_func HttpSendRequestA" in ties[0]
+@pytest.mark.parametrize("process,function", [("iexplore.exe", "HttpSendRequestA"), ("firefox.exe", "PR_Write")])
+def test_stolen_record_names_the_hooked_function(every_hook, planted, win7_image, process, function):
+    """The form-grab record spyeye.config decodes says which hook caught it: the hook row says so."""
+    _, truth = win7_image
+    (record,) = [p for p in truth["plants"] if p["label"].startswith("spyeye-config-record")
+                 and p["process"] == process and function.encode() in bytes.fromhex(p["data"])]
+    (row, children), = [(r, c) for r, c in every_hook if r["Function"] == function and r["Process"] == process]
+    (tie,) = [c["Detail"] for c in children if c["Evidence"] == "stolen record"]
+    assert tie.startswith("spyeye.config decoded a record at ") and tie.endswith(f"with hooked_func {function}")
+    address = int(tie.split(" at ")[1].split()[0], 16)
+    assert record["va"] <= address < record["va"] + record["length"]
+
+
+def test_hooks_without_a_matching_record_have_no_tie(every_hook, planted):
+    tied = {(r["Process"], r["Function"]) for r, children in every_hook
+            if any(c["Evidence"] == "stolen record" for c in children)}
+    assert tied <= {("iexplore.exe", "HttpSendRequestA"), ("iexplore.exe", "HttpSendRequestW"),
+                    ("firefox.exe", "PR_Write")}
 
 
 def test_known_spyeye_targets_are_tagged(every_hook, planted):
@@ -142,27 +166,40 @@ def test_known_spyeye_targets_are_tagged(every_hook, planted):
 
 
 def test_modified_rows_show_bytes_before_and_after(every_hook, planted):
-    for plant in planted:
-        if plant["kind"] != "modified":
-            continue
+    modified = [p for p in planted if p["kind"] == "modified"]
+    assert modified
+    for plant in modified:
         row, children = _find(every_hook, plant)
         evidence = {c["Evidence"].split(" (")[0]: c["Detail"] for c in children}
-        assert evidence["bytes before"] != evidence["bytes after"], _label(plant)
-        assert row["Bytes"] == evidence["bytes after"], _label(plant)
+        assert evidence["bytes before"].startswith(plant["original"]), _label(plant)
+        assert evidence["bytes after"].startswith(plant["patch"]), _label(plant)
+        assert row["Bytes"] == evidence["bytes after"] and row["Instructions"], _label(plant)
+
+
+def test_recognised_patches_on_shared_pages_also_show_the_original_bytes(every_hook, planted):
+    """The hooked page is a copy-on-write copy: the other processes' copies say what was there."""
+    for plant in planted:
+        if plant["kind"] == "inline" and plant["technique"] != "hotpatch" and plant["bitness"] == 64:
+            _, children = _find(every_hook, plant)
+            before = [c["Detail"] for c in children if c["Evidence"].startswith("bytes before")]
+            assert before and before[0].startswith(plant["original"][:32]), _label(plant)
 
 
 def test_json_rows_carry_the_hook_fields(win7_image, planted):
     image, _ = win7_image
-    plant = next(p for p in planted if p["kind"] == "inline" and (p.get("target_region") or "").startswith("injected"))
+    plant = next(p for p in planted if p["process"] == "iexplore.exe" and p["function"] == "HttpSendRequestA")
     out = run_cli("-r", "json", "-f", str(image), "spyeye.hooks", "--pid", str(plant["pid"]))
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
     rows = json.loads(out.stdout)
     row = next(r for r in rows if r["Hook Address"] == plant["hook_address"])
-    assert (row["PID"], row["Function"], row["Kind"], row["Technique"], row["Target"], row["Confidence"]) == \
-        (plant["pid"], plant["function"], "inline", plant["technique"], plant["target"], "high")
-    assert row["Region Start"] <= plant["target"] <= row["Region End"] and row["Protection"]
-    assert row["Bytes"] and row["Instructions"]
-    assert {c["Evidence"] for c in row["__children"]} >= {"module"} or row["__children"] is not None
+    assert (row["PID"], row["Process"], row["Module"].lower(), row["Function"], row["Kind"], row["Technique"]) == \
+        (plant["pid"], "iexplore.exe", "wininet.dll", "HttpSendRequestA", "inline", "jmp_indirect")
+    assert (row["Target"], row["Confidence"], row["Target Module"], row["Target Export"]) == \
+        (plant["target"], "high", "ccgrabber.dll", f"{plant['target_export']}+0x0")
+    assert ([row["Region Start"], row["Region End"]], row["Region File"]) == (plant["target_vad"], "private")
+    assert row["Bytes"] == plant["patch"] and row["Instructions"].startswith("jmp qword ptr [rip]")
+    assert row["Known"] == "SpyEye form grabbing (H)"
+    assert {"known SpyEye target", "stolen record"} <= {c["Evidence"] for c in row["__children"]}
 
 
 def test_unknown_pid_fails_with_one_line(win7_image):

@@ -246,7 +246,8 @@ class Hooks(interfaces.plugins.PluginInterface):
         """Each hook in ``view``'s modules, with its target's region and confidence."""
         for module in view.modules:
             for warning in module.pe.warnings:
-                vollog.warning("PID %d %s at %#x: %s", view.pid, module.name, module.base, warning)
+                level = logging.INFO if warning.endswith("export RVA(s) outside image") else logging.WARNING
+                vollog.log(level, "PID %d %s at %#x: %s", view.pid, module.name, module.base, warning)
             found = list(cls._export_hooks(view, module, peers, max_functions))
             found += cls._iat_hooks(view, module)
             for hook in found:
@@ -403,42 +404,51 @@ class Hooks(interfaces.plugins.PluginInterface):
     @classmethod
     def _resolve(cls, view: ProcessView, hook: Hook) -> bool:
         """Fill the target's region and the confidence; False when there is nothing to report
-        (a jump that stays in its module, a pointer that cannot be read on unchanged code)."""
-        target = hook.target
-        if target is not None and hook.kind in ("inline", "syscall") and hook.module.contains(target):
+        (a jump that stays in its module, a pointer that cannot be read on unchanged code, a
+        jump through the module's own IAT that the IAT check covers)."""
+        if hook.target is not None and hook.kind in ("inline", "syscall") and hook.module.contains(hook.target):
             if not hook.changed:
                 return False
-            hook.evidence.insert(0, ("in-module jump", f"{hook.technique} to {target:#x}"))
+            hook.evidence.insert(0, ("in-module jump", f"{hook.technique} to {hook.target:#x}"))
             hook.kind = hook.technique = "modified"
-            hook.target = target = None
-        if target is None:
+            hook.target = None
+        if hook.target is None:
             if hook.technique not in NO_TARGET_REASONS and not hook.changed:
                 return False
             hook.confidence = "medium"
             hook.reason = NO_TARGET_REASONS.get(hook.technique, "target unreadable; entry differs from other copies")
             return True
-        hook.region = view.vad_at(target)
-        other = view.module_at(target)
+        hook.region = view.vad_at(hook.target)
+        other = view.module_at(hook.target)
+        at_export = other is not None and other.listed and hook.target in other.export_addresses()
+        if hook.via_iat and not at_export:
+            return False
         if other is not None:
-            hook.target_module, hook.target_export = other.name, other.export_near(target)
-        candidate = view.candidates.get(hook.region.start) if hook.region else None
-        if hook.via_iat and not (other is not None and other.listed and target in other.export_addresses()):
-            return False                      # the IAT check reports where that slot leads
-        if candidate is not None:
-            hook.confidence, hook.reason = "high", "; ".join(candidate.reasons[:2])
-            if candidate.pe is not None and other is None:
-                hook.target_module = candidate.pe.dll_name
-        elif hook.region is not None and hook.region.private and hook.region.executable:
-            hook.confidence, hook.reason = "high", "private executable memory"
-        elif other is not None and other.listed and target in other.export_addresses():
-            hook.confidence, hook.reason = "low", f"export of loaded module {other.name} (forwarder or shim?)"
-        elif other is not None and other.listed:
-            hook.confidence, hook.reason = "medium", f"inside loaded module {other.name}, not at an export"
-        elif hook.region is None:
-            hook.confidence, hook.reason = "medium", "target in no VAD"
-        else:
-            hook.confidence, hook.reason = "medium", "target in a region neither injected nor a loaded module"
+            hook.target_module, hook.target_export = other.name, other.export_near(hook.target)
+        hook.confidence, hook.reason = cls._rating(view, hook.region, other, at_export)
         return True
+
+    @staticmethod
+    def _rating(view: ProcessView, region: Optional[vadwalk.VadFacts], other: Optional[Module],
+                at_export: bool) -> Tuple[str, str]:
+        """(confidence, reason) of a hook from where its target lies (see docs/hooks.md)."""
+        candidate = view.candidates.get(region.start) if region else None
+        if candidate is not None:
+            reason = candidate.reasons[0]
+            if candidate.pe is not None:
+                name = f"PE image {candidate.pe.dll_name}" if candidate.pe.dll_name else "PE image"
+                header = "MZ present" if candidate.header.mz_present else "MZ erased"
+                reason += f"; {name} found by spyeye.injected ({header})"
+            return "high", reason
+        if region is not None and region.private and region.executable:
+            return "high", "private executable memory"
+        if at_export:
+            return "low", f"export of loaded module {other.name} (forwarder or shim?)"
+        if other is not None and other.listed:
+            return "medium", f"inside loaded module {other.name}, not at an export"
+        if region is None:
+            return "medium", "target in no VAD"
+        return "medium", "target in a region neither injected nor a loaded module"
 
     # --- stolen-record ties ------------------------------------------------------------------------
     @classmethod

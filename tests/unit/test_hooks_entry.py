@@ -46,15 +46,18 @@ def test_jmp_rel32_gives_its_destination(bits):
 
 def test_jmp_rip_relative_reads_the_inline_pointer_x64():
     # the 14-byte x64 patch: jmp [rip+0] followed by the 8-byte destination
-    patch = classify(b"\xff\x25\x00\x00\x00\x00" + struct.pack("<Q", 0x7FF0_0B00_1234), 64)
+    code = b"\xff\x25\x00\x00\x00\x00" + struct.pack("<Q", 0x7FF0_0B00_1234)
+    patch = classify(code, 64)
     assert (patch.technique, patch.target) == ("jmp_indirect", 0x7FF0_0B00_1234)
     assert patch.slot == BASE64 + 6
+    assert patch.raw == code                                   # the pointer is part of the patch
 
 
 def test_jmp_absolute_pointer_x86():
     slot = 0x0C00_0000
     patch = classify(b"\xff\x25" + struct.pack("<I", slot), 32, extra={slot: struct.pack("<I", TARGET)})
     assert (patch.technique, patch.target, patch.slot) == ("jmp_indirect", TARGET, slot)
+    assert patch.raw == b"\xff\x25" + struct.pack("<I", slot)      # the pointer lies elsewhere
 
 
 def test_jmp_through_unreadable_pointer_has_no_target_and_says_why():

@@ -8,6 +8,7 @@ tests a dictionary. Work is bounded: a function entry is decoded for at most
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import struct
@@ -59,6 +60,8 @@ class EntryPatch:
     note: str = ""
     slot: Optional[int] = None
     """Where an indirect jump or call reads its destination (``jmp [rip+disp]``, ``jmp [abs]``)."""
+    carried: bytes = b""
+    """Data the patch carries after its last instruction: the pointer of ``jmp [rip+0]``."""
 
     @property
     def text(self) -> str:
@@ -66,7 +69,7 @@ class EntryPatch:
 
     @property
     def raw(self) -> bytes:
-        return b"".join(i.raw for i in self.instructions)
+        return b"".join(i.raw for i in self.instructions) + self.carried
 
 
 @lru_cache(maxsize=2)
@@ -210,7 +213,10 @@ def _jump(read: MemReader, insns, index: int, entry: int, bits: int) -> EntryPat
         return _patch("jmp_rel32" if insn.size >= 5 else "jmp_short", target, entry, shown)
     if op.type == x86_const.X86_OP_MEM:
         target, note = _memory_target(insn, op, read, bits)
-        return _patch("jmp_indirect", target, entry, shown, note, bits)
+        patch = _patch("jmp_indirect", target, entry, shown, note, bits)
+        if target is not None and patch.slot == insn.address + insn.size:
+            patch = dataclasses.replace(patch, carried=target.to_bytes(bits // 8, "little"))
+        return patch
     value = _immediate_of(insns, index, _family(insn.reg_name(op.reg)))
     if value is None:
         return _patch(None, None, entry, shown, "jump through a register of unknown value")
