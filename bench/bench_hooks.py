@@ -2,6 +2,7 @@
 entry classifier alone (no Volatility) on the fixture DLLs' exported functions.
 
     python bench/bench_hooks.py [--image images/bench-large.raw] [--image other.raw] [--repeat 3]
+                                [--cache-path /tmp/volcache]
 
 Builds the bench-large image first when it is missing. Prints Markdown: wall time (median of
 ``--repeat`` interleaved runs), rows, peak RSS, and the ratio to malfind, also net of
@@ -15,7 +16,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from common import DEFAULT_IMAGE, ROOT, ensure_image, measure, vol, warm_page_cache  # noqa: E402
 
@@ -55,12 +56,22 @@ def classifier_only(rounds: int = 200) -> None:
           f"{seconds:.2f} s CPU = {count / seconds:,.0f} entries/s")
 
 
-def bench_image(image: Path, repeat: int) -> None:
+def isolated(cmd: List[str], cache: Optional[Path]) -> List[str]:
+    """``cmd`` with its own Volatility cache and no symbol download, so that other Volatility
+    runs sharing ``~/.cache/volatility3`` cannot make the kernel's symbol lookup fail."""
+    if cache is None:
+        return cmd
+    cache.mkdir(parents=True, exist_ok=True)
+    return [cmd[0], "--offline", "--cache-path", str(cache), *cmd[1:]]
+
+
+def bench_image(image: Path, repeat: int, cache: Optional[Path]) -> None:
     warm_page_cache(image)
     cases = {"spyeye.hooks": vol("-f", str(image), "spyeye.hooks"),
              "spyeye.hooks --all": vol("-f", str(image), "spyeye.hooks", "--all"),
              "windows.malfind": vol("-f", str(image), "windows.malfind", suite=False),
              "windows.pslist (start-up)": vol("-f", str(image), "windows.pslist", suite=False)}
+    cases = {name: isolated(cmd, cache) for name, cmd in cases.items()}
     walls: Dict[str, List[float]] = {name: [] for name in cases}
     rss: Dict[str, float] = {}
     rows: Dict[str, int] = {}
@@ -85,9 +96,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--image", type=Path, action="append")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--cache-path", type=Path, help="a Volatility cache of its own (and --offline)")
     args = parser.parse_args()
     for image in args.image or [DEFAULT_IMAGE]:
-        bench_image(ensure_image(image), args.repeat)
+        bench_image(ensure_image(image), args.repeat, args.cache_path)
     classifier_only()
 
 

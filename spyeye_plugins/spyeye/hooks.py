@@ -213,15 +213,17 @@ class Hooks(interfaces.plugins.PluginInterface):
     # --- building the view of a process (reusable) -----------------------------------------------
     @classmethod
     def process_view(cls, context: interfaces.context.ContextInterface, kernel_module_name: str, proc,
-                     protect_values=None, with_injected: bool = True) -> Optional[ProcessView]:
+                     protect_values=None, with_injected: bool = True,
+                     vads: Optional[List[vadwalk.VadFacts]] = None) -> Optional[ProcessView]:
         """Modules of ``proc``: image VADs at loader-list bases (native and WoW64 lists) and,
         with ``with_injected``, the PE images ``spyeye.injected`` finds. None without an
-        address space."""
+        address space. ``vads``: the process's VADs when already read."""
         pid, name = int(proc.UniqueProcessId), vadwalk.process_name(proc)
         layer_name = vadwalk.process_layer(proc)
         if layer_name is None:
             return None
-        vads = list(vadwalk.process_vads(proc, protect_values))
+        if vads is None:
+            vads = list(vadwalk.process_vads(proc, protect_values))
         read = injected.region_reader(context.layers[layer_name], 0)
         lists = injected.loader_bases(proc) or {}
         bases = set().union(*lists.values()) if lists else set()
@@ -291,7 +293,7 @@ class Hooks(interfaces.plugins.PluginInterface):
                 hook.evidence.append(("also exported as", ", ".join(labels[1:])))
             if differs:
                 hook.changed = True
-                hook.evidence.append((f"bytes before (majority of {majority[2]} copies in {majority[1]})",
+                hook.evidence.append((f"bytes before (as in {majority[1]} of {majority[2]} copies)",
                                       majority[0][:COMPARE_BYTES].hex()))
                 hook.evidence.append(("bytes after (this process)", own[:COMPARE_BYTES].hex()))
             stub = hp.syscall_stub(own or b"", bits) if is_ntdll and labels[0][:2] in ("Nt", "Zw") else None
@@ -475,7 +477,7 @@ class Hooks(interfaces.plugins.PluginInterface):
         peers = PeerIndex(self.context, every, protect)
         floor = 0 if self.config.get("all") else 1
         for index, proc in enumerate(procs):
-            view = self.process_view(self.context, kernel, proc, protect)
+            view = self.process_view(self.context, kernel, proc, protect, vads=peers.vads(proc))
             if view is None:
                 continue
             self._progress_callback(100.0 * index / max(len(procs), 1), f"Checking hooks in PID {view.pid}")
@@ -505,8 +507,9 @@ class Hooks(interfaces.plugins.PluginInterface):
         for address in records:
             evidence.append(("stolen record", f"spyeye.config decoded a record at {address:#x} in this process "
                                               f"with hooked_func {hook.function}"))
+        blank = (na, "", "", na, na, "", "", "", "", "", "")      # evidence rows fill only their own columns
         for label, detail in evidence:
-            yield 1, (*head, *(na,) * 11, text_cell(label), text_cell(detail))
+            yield 1, (*head, *blank, text_cell(label), text_cell(detail))
 
     def run(self) -> renderers.TreeGrid:
         columns = [("PID", int), ("Process", str), ("Module", str), ("Function", str), ("Kind", str),
@@ -546,6 +549,14 @@ class PeerIndex:
     def __init__(self, context: interfaces.context.ContextInterface, procs: Sequence, protect_values) -> None:
         self._context, self._procs, self._protect = context, procs, protect_values
         self._by_key: Optional[Dict[Tuple[str, int, int], List[Tuple[int, str]]]] = None
+        self._vads: Dict[int, List[vadwalk.VadFacts]] = {}
+
+    def vads(self, proc) -> List[vadwalk.VadFacts]:
+        """The process's VADs, read once for the index and the process's own view."""
+        pid = int(proc.UniqueProcessId)
+        if pid not in self._vads:
+            self._vads[pid] = list(vadwalk.process_vads(proc, self._protect))
+        return self._vads[pid]
 
     def _index(self) -> Dict[Tuple[str, int, int], List[Tuple[int, str]]]:
         """(file, base, size) of each image VAD with a file name -> [(pid, layer name)]."""
@@ -555,7 +566,7 @@ class PeerIndex:
                 layer_name = vadwalk.process_layer(proc)
                 if layer_name is None:
                     continue
-                for vad in vadwalk.process_vads(proc, self._protect):
+                for vad in self.vads(proc):
                     if vad.image and not vad.private and vad.file:
                         self._by_key[(vad.file.lower(), vad.start, vad.size)].append(
                             (int(proc.UniqueProcessId), layer_name))
@@ -565,8 +576,8 @@ class PeerIndex:
     def _frame(self, layer_name: str, page: int) -> Optional[int]:
         return vadwalk.physical_pages(self._context.layers[layer_name], page, 1)[0]
 
-    def majority(self, view: ProcessView, module: Module, address: int) -> Optional[Tuple[bytes, str, int]]:
-        """(bytes at ``address`` in most copies, where they were seen, copies that voted), or
+    def majority(self, view: ProcessView, module: Module, address: int) -> Optional[Tuple[bytes, int, int]]:
+        """(bytes at ``address`` in most copies, copies holding them, copies read), or
         None when every copy shares this process's page frame, there are fewer than
         ``MIN_COPIES`` copies, or no first ``COMPARE_BYTES`` hold a strict majority."""
         others = [(pid, layer) for pid, layer in self._index().get(module.key, []) if pid != view.pid]
@@ -594,7 +605,7 @@ class PeerIndex:
         total = sum(votes.values())
         if count * 2 <= total or count < 2:
             return None
-        return seen[head], f"{len(others)} other process(es)", total
+        return seen[head], count, total
 
 
 def _hex(value: Optional[int]):
