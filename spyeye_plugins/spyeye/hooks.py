@@ -278,12 +278,12 @@ class Hooks(interfaces.plugins.PluginInterface):
                       max_functions: int) -> Iterator[Hook]:
         bits = module.bits
         is_ntdll = module.name.lower() == "ntdll.dll"
-        stubs: List[Tuple[int, int]] = []
+        stubs: List[Tuple[int, int, str]] = []
         renumbered: set = set()
-        undecodable = 0
+        notes: collections.Counter = collections.Counter()
         for address, labels in cls._functions(module, max_functions, view.pid):
             patch = hp.classify_entry(module.read_abs, address, bits)
-            undecodable += patch.note.startswith("undecodable")
+            notes[patch.note.split(" ")[0]] += 1
             majority = peers.majority(view, module, address)
             own = hp.read_code(module.read_abs, address, VOTE_BYTES)
             differs = majority is not None and own is not None and own[:COMPARE_BYTES] != majority[0][:COMPARE_BYTES]
@@ -298,7 +298,7 @@ class Hooks(interfaces.plugins.PluginInterface):
                 hook.evidence.append(("bytes after (this process)", own[:COMPARE_BYTES].hex()))
             stub = hp.syscall_stub(own or b"", bits) if is_ntdll and labels[0][:2] in ("Nt", "Zw") else None
             if stub is not None:
-                stubs.append((address, stub.number))
+                stubs.append((address, stub.number, labels[0]))
             if is_ntdll and labels[0][:2] in ("Nt", "Zw"):
                 hook = cls._syscall_hook(hook, patch, stub, majority if differs else None, bits)
             if hook.technique == "syscall_number":
@@ -309,9 +309,12 @@ class Hooks(interfaces.plugins.PluginInterface):
                 hook.kind = hook.technique = "modified"
                 hook.target, hook.raw = None, own[:COMPARE_BYTES]
                 yield hook
-        if undecodable:
-            vollog.info("PID %d %s: %d exported entries undecodable (data exports or garbage)",
-                        view.pid, module.name, undecodable)
+        if notes["undecodable"]:
+            vollog.warning("PID %d %s: %d exported function entries undecodable (garbage at the entry?)",
+                           view.pid, module.name, notes["undecodable"])
+        if notes["entry"]:
+            vollog.debug("PID %d %s: %d exported function entries on unreadable pages, not checked",
+                         view.pid, module.name, notes["entry"])
         yield from cls._sequence_hooks(module, [s for s in stubs if s[0] not in renumbered])
         yield from cls._eat_hooks(module)
 
@@ -335,13 +338,14 @@ class Hooks(interfaces.plugins.PluginInterface):
         return hook
 
     @staticmethod
-    def _sequence_hooks(module: Module, stubs: List[Tuple[int, int]]) -> Iterator[Hook]:
-        numbers = dict(stubs)
-        for address in hp.out_of_sequence(stubs):
-            name = module.export_near(address) or f"{address:#x}"
-            hook = Hook(module, name.split("+")[0], "syscall", "syscall_number", address, None,
+    def _sequence_hooks(module: Module, stubs: List[Tuple[int, int, str]]) -> Iterator[Hook]:
+        """Stubs whose number breaks the order of the others (``stubs``: address, number, name)."""
+        numbers = {address: (number, name) for address, number, name in stubs}
+        for address in hp.out_of_sequence([(address, number) for address, number, _ in stubs]):
+            number, name = numbers[address]
+            hook = Hook(module, name, "syscall", "syscall_number", address, None,
                         module.read_abs(address, COMPARE_BYTES) or b"")
-            hook.evidence.append(("syscall number", f"{numbers[address]:#x} out of sequence with the "
+            hook.evidence.append(("syscall number", f"{number:#x} out of sequence with the "
                                                     f"neighbouring stubs"))
             yield hook
 

@@ -210,3 +210,9 @@ def test_truncated_instruction_at_page_end():
     entry = 0x7600_1FFD                                    # jmp rel32 cut after 3 bytes
     patch = classify_entry(memory({0x7600_1000: bytes(0xFFD) + b"\xe9\x00\x10"}), entry, 32)
     assert patch.technique is None and patch.note.startswith("undecodable")
+
+
+def test_instruction_cut_by_the_window_end_is_not_garbage():
+    code = b"\x48\x83\xec\x28" * 7 + b"\x48\xb8" + struct.pack("<Q", 1)   # 7 x sub rsp; movabs over byte 32
+    patch = classify(code, 64)
+    assert patch.technique is None and patch.note == "" and len(patch.instructions) == 7

@@ -27,6 +27,7 @@ MemReader = Callable[[int, int], Optional[bytes]]
 
 ENTRY_BYTES = 32
 MAX_INSTRUCTIONS = 8
+MAX_INSTRUCTION_LENGTH = 15
 HOTPATCH_PADDING = 16
 """Bytes before an entry a hot-patch ``jmp short`` may land in (the 5-byte long jump sits there)."""
 MAX_DESCRIPTORS = 256
@@ -274,9 +275,9 @@ def classify_entry(read: MemReader, entry: int, bits: int, max_instructions: int
             return _patch(technique, value, entry, insns[:index + 1])
         if insn.mnemonic in _TRAPS or insn.mnemonic in ("hlt", "int", "syscall", "sysenter"):
             return _patch(None, None, entry, insns[:index + 1])
-    note = "" if sum(i.size for i in insns) >= len(code) or len(insns) >= max_instructions \
-        else f"undecodable after {len(insns)} instruction(s)"
-    return _patch(None, None, entry, insns, note)
+    left = len(code) - sum(i.size for i in insns)
+    garbage = len(insns) < max_instructions and left >= MAX_INSTRUCTION_LENGTH   # not a cut-off last one
+    return _patch(None, None, entry, insns, f"undecodable after {len(insns)} instruction(s)" if garbage else "")
 
 
 # --- syscall stubs ---------------------------------------------------------------------------
