@@ -5,10 +5,12 @@ import hashlib
 import json
 import struct
 
+import pefile
 import pytest
 from volatility3.plugins.windows import pslist
 
 from fixtures.build import write_image
+from fixtures.pe_mapper import DLL_DIR
 from fixtures.scenarios import SCENARIOS
 from tests.vol_runner import construct
 
@@ -184,3 +186,24 @@ def test_hooks_match_the_stolen_records_and_the_clean_processes_are_untouched(wi
         value = layer.read(slot, forwarder["bitness"] // 8)
         assert int.from_bytes(value, "little") == forwarder["target"]
     assert {f["pid"] for f in truth["hook_negatives"]["forwarders"]} == {860, 1484, 2172, 2356}
+
+
+def test_import_tables_are_bound_to_the_loaded_exports(win7_image, process_layers):
+    """In a clean process each IAT slot holds its export's address, as the loader binds it."""
+    _, truth = win7_image
+    bases = {m["name"].lower(): m["base"] for m in truth["modules"] if m["pid"] == 860}
+    exports = {}
+    for name in ("ntdll", "ws2_32"):
+        pe = pefile.PE(str(DLL_DIR / f"{name}_x64.dll"))
+        exports[f"{name}.dll"] = {s.name.decode(): bases[f"{name}.dll"] + s.address
+                                  for s in pe.DIRECTORY_ENTRY_EXPORT.symbols}
+    layer, checked = process_layers[860], 0
+    for name in ("wininet", "user32", "ws2_32"):
+        pe = pefile.PE(str(DLL_DIR / f"{name}_x64.dll"))
+        for entry in pe.DIRECTORY_ENTRY_IMPORT:
+            for imp in entry.imports:
+                slot = bases[f"{name}.dll"] + imp.address - pe.OPTIONAL_HEADER.ImageBase
+                value = struct.unpack("<Q", layer.read(slot, 8))[0]
+                assert value == exports[entry.dll.decode().lower()][imp.name.decode()], (name, imp.name)
+                checked += 1
+    assert checked == 11
