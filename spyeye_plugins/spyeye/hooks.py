@@ -109,22 +109,24 @@ class Module:
         return {e.name: e for e in self.pe.exports if e.name}
 
     @functools.cached_property
-    def _code_exports(self) -> List[ExportEntry]:
-        return sorted((e for e in self.pe.exports if e.forwarder is None and e.rva < self.size),
-                      key=lambda e: e.address)
+    def _code_exports(self) -> Tuple[List[int], List[ExportEntry]]:
+        """(addresses, exports) of the exports inside the image, in address order."""
+        exports = sorted((e for e in self.pe.exports if e.forwarder is None and e.rva < self.size),
+                         key=lambda e: e.address)
+        return [e.address for e in exports], exports
 
     def export_near(self, address: int) -> Optional[str]:
         """``Name+0xOFF`` of the export at or before ``address`` inside the module."""
-        exports = self._code_exports
-        index = bisect.bisect_right([e.address for e in exports], address) - 1
+        addresses, exports = self._code_exports
+        index = bisect.bisect_right(addresses, address) - 1
         if index < 0 or not self.contains(address):
             return None
         export = exports[index]
-        label = export.name or f"#{export.ordinal}"
-        return f"{label}+{address - export.address:#x}"
+        return f"{export.name or f'#{export.ordinal}'}+{address - export.address:#x}"
 
-    def export_addresses(self) -> set:
-        return {e.address for e in self._code_exports}
+    @functools.cached_property
+    def export_addresses(self) -> frozenset:
+        return frozenset(self._code_exports[0])
 
 
 @dataclass
@@ -184,6 +186,7 @@ class Hook:
 
 
 def module_name(vad: vadwalk.VadFacts, pe: Optional[MappedPE] = None) -> str:
+    """The VAD's file name, else the export directory's DLL name, else ``image@<base>``."""
     if vad.file:
         return ntpath.basename(vad.file)
     if pe is not None and pe.dll_name:
@@ -426,7 +429,7 @@ class Hooks(interfaces.plugins.PluginInterface):
             return True
         hook.region = view.vad_at(hook.target)
         other = view.module_at(hook.target)
-        at_export = other is not None and other.listed and hook.target in other.export_addresses()
+        at_export = other is not None and other.listed and hook.target in other.export_addresses
         if hook.via_iat and not at_export:
             return False
         if other is not None:
