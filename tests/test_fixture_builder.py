@@ -3,9 +3,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
+
+import pefile
+import pytest
+from volatility3.plugins.windows import pslist
 
 from fixtures.build import write_image
+from fixtures.pe_mapper import DLL_DIR
 from fixtures.scenarios import SCENARIOS
+from tests.vol_runner import construct
 
 
 def _digest(path) -> str:
@@ -61,3 +68,142 @@ def test_kernel_layout_comes_from_the_symbol_table(win7_image):
     _, truth = win7_image
     assert truth["pdb"] == {"guid": "53505945594546495854555245000001", "age": 1}
     assert truth["dtb"] == 0x187000
+
+
+# --- shared image pages, copy-on-write hooks (fixtures/plants/hooks.py) ---------------------
+
+@pytest.fixture(scope="module")
+def process_layers(win7_image):
+    """PID -> Volatility process layer of every linked user process."""
+    image, _ = win7_image
+    plugin = construct(image, "windows.pslist.PsList")
+    return {int(proc.UniqueProcessId): plugin.context.layers[proc.add_process_layer()]
+            for proc in pslist.PsList.list_processes(plugin.context, plugin.config["kernel"])
+            if int(proc.UniqueProcessId) != 4}
+
+
+def _frame(layer, va: int) -> int:
+    return layer.translate(va)[0] >> 12
+
+
+def _patched_vad(truth, hook):
+    """The image VAD the hook's bytes were written into (for iat: the importer's)."""
+    (vad,) = [v for v in truth["vads"] if v["pid"] == hook["pid"] and v["start"] <= hook["patch_address"] <= v["end"]]
+    return vad
+
+
+def _clean_copy(truth, vad):
+    """A clean process mapping an image at the VAD's base (the same DLL), or None."""
+    return next((m["pid"] for m in truth["modules"]
+                 if m["pid"] in truth["hook_negatives"]["clean_pids"] and m["base"] == vad["start"]), None)
+
+
+def test_hooked_pages_are_private_copies_and_other_image_pages_shared(win7_image, process_layers):
+    _, truth = win7_image
+    compared = 0
+    for hook in truth["hooks"]:
+        vad = _patched_vad(truth, hook)
+        clean = _clean_copy(truth, vad)
+        if clean is None:
+            continue                            # firefox's 32-bit modules: mapped by no other process
+        hooked, other = process_layers[hook["pid"]], process_layers[clean]
+        patched = hook["patch_address"] & ~0xFFF
+        assert _frame(hooked, patched) != _frame(other, patched), hook
+        assert patched in vad["cow_pages"] and vad["file"]
+        for page in range(vad["start"], vad["end"] + 1, 0x1000):
+            if page not in vad["cow_pages"]:
+                assert _frame(hooked, page) == _frame(other, page), (hook["function"], hex(page))
+        original = bytes.fromhex(hook["original"])
+        assert other.read(hook["patch_address"], len(original)) == original
+        compared += 1
+    assert compared >= 10
+
+
+def _decoded_target(layer, hook) -> int:
+    """Where the patch at ``hook`` sends control, decoded from the bytes in memory."""
+    at, bits, technique = hook["patch_address"], hook["bitness"], hook["technique"]
+    code = layer.read(at, 16)
+    word = "<Q" if bits == 64 else "<I"
+    if technique in ("jmp_rel32", "call", "hotpatch", "syscall_jmp"):
+        assert code[0] in (0xE8, 0xE9)
+        return at + 5 + struct.unpack_from("<i", code, 1)[0]
+    if technique == "jmp_indirect":
+        assert code[:2] == b"\xff\x25"
+        disp = struct.unpack_from("<i" if bits == 64 else "<I", code, 2)[0]
+        pointer = at + 6 + disp if bits == 64 else disp
+        return struct.unpack(word, layer.read(pointer, bits // 8))[0]
+    if technique == "push_ret":
+        assert code[0] == 0x68 and code[5] == 0xC3
+        return struct.unpack_from("<i" if bits == 64 else "<I", code, 1)[0]
+    if technique in ("mov_jmp", "mov_call"):
+        skip = 2 if bits == 64 else 1
+        assert code[skip - 1] in (0xB8, 0xBB) and code[skip + bits // 8] in (0xFF, 0x41)
+        return struct.unpack_from(word, code, skip)[0]
+    if technique == "iat":
+        return struct.unpack_from(word, code)[0]
+    if technique == "eat":
+        return (hook["module_base"] + struct.unpack_from("<I", code)[0]) & ((1 << bits) - 1)
+    raise AssertionError(technique)
+
+
+def test_every_hook_is_in_memory_and_leads_to_its_target(win7_image, process_layers):
+    _, truth = win7_image
+    hooks = truth["hooks"]
+    kinds = {(h["kind"], h["technique"], h["bitness"]) for h in hooks}
+    assert {("inline", t, 64) for t in ("jmp_rel32", "jmp_indirect", "push_ret", "mov_jmp", "mov_call",
+                                         "call", "int3", "ud2")} <= kinds
+    assert {("iat", "iat", 64), ("eat", "eat", 64), ("modified", "modified", 64),
+            ("syscall", "syscall_number", 64), ("syscall", "syscall_jmp", 64), ("inline", "hotpatch", 32),
+            ("iat", "iat", 32), ("eat", "eat", 32)} <= kinds
+    vads = {(v["pid"], v["start"]): v for v in truth["vads"]}
+    for hook in hooks:
+        layer = process_layers[hook["pid"]]
+        patch = bytes.fromhex(hook["patch"])
+        assert layer.read(hook["patch_address"], len(patch)) == patch, hook
+        if hook["target"] is None:
+            assert hook["technique"] in ("int3", "ud2", "modified", "syscall_number")
+            continue
+        assert _decoded_target(layer, hook) == hook["target"], hook
+        start, end = hook["target_vad"]
+        assert start <= hook["target"] <= end
+        vad = vads[(hook["pid"], start)]
+        assert vad["private"] and vad["protection"] == "PAGE_EXECUTE_READWRITE" and vad["end"] == end
+
+
+def test_hooks_match_the_stolen_records_and_the_clean_processes_are_untouched(win7_image, process_layers):
+    _, truth = win7_image
+    hooked = {(h["pid"], h["function"]) for h in truth["hooks"] if h["kind"] == "inline"}
+    assert {(2172, "HttpSendRequestA"), (2172, "HttpSendRequestW"), (2172, "InternetCloseHandle"),
+            (2356, "PR_Write")} <= hooked
+    clean = truth["hook_negatives"]["clean_pids"]
+    assert 860 in clean and not {h["pid"] for h in truth["hooks"]} & set(clean)
+    for forwarder in truth["hook_negatives"]["forwarders"]:
+        layer = process_layers[forwarder["pid"]]
+        code = layer.read(forwarder["address"], 6)
+        assert code[:2] == b"\xff\x25"                   # jmp [IAT slot] into the listed ntdll
+        slot = (forwarder["address"] + 6 + struct.unpack_from("<i", code, 2)[0] if forwarder["bitness"] == 64
+                else struct.unpack_from("<I", code, 2)[0])
+        value = layer.read(slot, forwarder["bitness"] // 8)
+        assert int.from_bytes(value, "little") == forwarder["target"]
+    assert {f["pid"] for f in truth["hook_negatives"]["forwarders"]} == {860, 1484, 2172, 2356}
+
+
+def test_import_tables_are_bound_to_the_loaded_exports(win7_image, process_layers):
+    """In a clean process each IAT slot holds its export's address, as the loader binds it."""
+    _, truth = win7_image
+    bases = {m["name"].lower(): m["base"] for m in truth["modules"] if m["pid"] == 860}
+    exports = {}
+    for name in ("ntdll", "ws2_32"):
+        pe = pefile.PE(str(DLL_DIR / f"{name}_x64.dll"))
+        exports[f"{name}.dll"] = {s.name.decode(): bases[f"{name}.dll"] + s.address
+                                  for s in pe.DIRECTORY_ENTRY_EXPORT.symbols}
+    layer, checked = process_layers[860], 0
+    for name in ("wininet", "user32", "ws2_32"):
+        pe = pefile.PE(str(DLL_DIR / f"{name}_x64.dll"))
+        for entry in pe.DIRECTORY_ENTRY_IMPORT:
+            for imp in entry.imports:
+                slot = bases[f"{name}.dll"] + imp.address - pe.OPTIONAL_HEADER.ImageBase
+                value = struct.unpack("<Q", layer.read(slot, 8))[0]
+                assert value == exports[entry.dll.decode().lower()][imp.name.decode()], (name, imp.name)
+                checked += 1
+    assert checked == 11
