@@ -565,6 +565,8 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
     def run(self) -> renderers.TreeGrid:
         columns = [("Time", datetime), ("Source", str), ("Action", str), ("PID", int),
                    ("Process", str), ("Detail", str), ("Provenance", str)]
+        vadwalk.check_selection(self.context, self.config["kernel"], self.config.get("pid"), self.config.get("name"),
+                                include_exited=True)
         try:
             sources = self._sources()
             after, before = self._bound("after"), self._bound("before")

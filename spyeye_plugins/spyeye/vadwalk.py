@@ -48,31 +48,34 @@ def selected_processes(context: interfaces.context.ContextInterface, kernel_modu
 
     Raises :class:`output.UsageError` when a PID is not in the active process list, a
     name matches no active process, or no process has both: a bad command must not look
-    like a clean image.  Plugins call it from ``run()`` (through :func:`check_selection`)
-    so the error comes before any row."""
+    like a clean image.  Call it (or :func:`check_selection`) from ``run()``, so that the
+    error comes before any row."""
     procs = list(pslist.PsList.list_processes(context, kernel_module_name))
-    problem = selection_problem([(int(p.UniqueProcessId), process_name(p)) for p in procs], pids, names)
+    problem = selection_problem([(int(p.UniqueProcessId), process_name(p)) for p in procs], pids, names,
+                                "the active process list")
     if problem:
-        raise UsageError(problem + " in the active process list")
-    wanted, keep_name = set(pids or []), name_filter(names)
-    return [p for p in procs if (not wanted or int(p.UniqueProcessId) in wanted) and not keep_name(p)]
+        raise UsageError(problem)
+    wanted, drop_name = set(pids or []), name_filter(names)
+    return [p for p in procs if (not wanted or int(p.UniqueProcessId) in wanted) and not drop_name(p)]
 
 
 def selection_problem(known: Sequence[Tuple[int, str]], pids: Optional[Sequence[int]],
-                      names: Optional[Sequence[str]]) -> Optional[str]:
-    """What is wrong with ``--pid``/``--name`` given the ``(pid, name)`` of known processes:
-    an unknown PID, a name no process has, or no process with both; None when all is well."""
+                      names: Optional[Sequence[str]], where: str) -> Optional[str]:
+    """What is wrong with ``--pid``/``--name`` given the ``(pid, name)`` of the processes
+    in ``where``: an unknown PID, a name no process has, or no process with both; None
+    when every value selects something."""
     pids, names = list(pids or []), list(names or [])
     unknown = sorted(set(pids) - {pid for pid, _ in known})
     if unknown:
-        return f"no process with PID {', '.join(map(str, unknown))}"
+        return f"no process with PID {', '.join(map(str, unknown))} in {where}"
     lowered = {name.lower() for _, name in known}
-    absent = [name for name in names if name.lower() not in lowered]
+    absent = [text_cell(name) for name in names if name.lower() not in lowered]
     if absent:
-        return f"no process named {', '.join(text_cell(name) for name in absent)}"
+        return f"no process named {', '.join(absent)} in {where}"
     wanted = {name.lower() for name in names}
     if pids and names and not any(pid in pids and name.lower() in wanted for pid, name in known):
-        return f"no process with PID {', '.join(map(str, pids))} is named {', '.join(map(text_cell, names))}"
+        return (f"no process with PID {', '.join(map(str, pids))} and name "
+                f"{', '.join(map(text_cell, names))} in {where}")
     return None
 
 
@@ -83,7 +86,8 @@ def check_selection(context: interfaces.context.ContextInterface, kernel_module_
 
     Call it from a plugin's ``run()``, before the TreeGrid renders.  ``include_exited``
     also accepts processes found only by a pool scan (``psscan``: exited or unlinked), for
-    plugins that report on them (the timeline)."""
+    plugins that report on them (the timeline); the scan runs only when the active list
+    does not answer."""
     if not pids and not names:
         return
     if not include_exited:
@@ -91,13 +95,13 @@ def check_selection(context: interfaces.context.ContextInterface, kernel_module_
         return
     known = [(int(p.UniqueProcessId), process_name(p))
              for p in pslist.PsList.list_processes(context, kernel_module_name)]
-    if selection_problem(known, pids, names) is None:
+    if selection_problem(known, pids, names, "") is None:
         return
     known += [(int(p.UniqueProcessId), process_name(p))
               for p in psscan.PsScan.scan_processes(context, kernel_module_name)]
-    problem = selection_problem(known, pids, names)
+    problem = selection_problem(known, pids, names, "the active process list or the pool (psscan)")
     if problem:
-        raise UsageError(problem + " in the active process list or the pool (psscan)")
+        raise UsageError(problem)
 
 
 @dataclass
