@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+from typing import List
 
 import pytest
 
@@ -9,6 +10,13 @@ from tests.vol_runner import run_cli
 
 PLUGINS = ["spyeye.info", "spyeye.vadsearch --keyword cleansweep.exe", "spyeye.config",
            "spyeye.injected", "spyeye.apiscore", "spyeye.timeline"]
+
+
+def stderr_lines(out) -> List[str]:
+    """The lines ``vol`` wrote on stderr, less the framework's own warnings about its symbol
+    cache (offline, several runs at once share it: not the plugin's output)."""
+    return [line for line in out.stderr.strip().splitlines()
+            if not line.startswith("WARNING  volatility3.framework.symbols")]
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import logging
 
 import pytest
 
+from tests.test_bad_images import stderr_lines
 from tests.vol_runner import construct, plugin_module, run_cli, run_plugin
 
 KEYWORDS = ["__CLEANSWEEP__", "cleansweep.exe", "hooked_func", "SPYNET_CHUNK_EDGE",
@@ -175,13 +176,6 @@ def test_bad_command_fails_with_one_line_and_no_table(win7_image, args, line):
     (error,) = stderr_lines(out)
     assert error.startswith(line) and (error == line or line.endswith(": "))
     assert "PID" not in out.stdout and "Traceback" not in out.stderr
-
-
-def stderr_lines(out) -> list:
-    """The lines ``vol`` wrote on stderr, less the framework's own warnings about its symbol
-    cache (offline, several runs at once share it: not the plugin's output)."""
-    return [line for line in out.stderr.strip().splitlines()
-            if not line.startswith("WARNING  volatility3.framework.symbols")]
 
 
 @pytest.mark.parametrize("args", [["--keyword", "x", "--encoding", "utf-32"], ["--keyword", "x", "--engine", "re2"]])
