@@ -284,3 +284,14 @@ def test_context_is_capped_at_4_kib_either_side(win7_image):
     (row,) = [r for r in rows if r["Address"] == plant["va"]]
     assert row["Context Start"] == plant["va"] - 0x1000
     assert len(row["Hex Dump"]) == 0x1000 + len("SPYNET_CHUNK_EDGE") + 0x1000
+
+
+@pytest.mark.parametrize("data,offset,length,line", [
+    (b"ab__X__cd", 2, 5, "61 62 [5f 5f 58 5f 5f] 63 64  |ab__X__cd|"),
+    (b"__X__", 0, 5, "[5f 5f 58 5f 5f]  |__X__|"),                       # at the start of a VAD
+    (bytes(range(0x41, 0x41 + 40)) + b"\n", 0, 40,
+     "[" + " ".join(f"{b:02x}" for b in range(0x41, 0x41 + 32)) + "…] 61 62 63 64 65 66 67 68 0a  "
+     "|ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`abcdefgh.|"),                     # long hit: 32 bytes, then …
+])
+def test_context_line(data, offset, length, line):
+    assert plugin_module("spyeye.vadsearch").context_line(data, offset, length) == line
