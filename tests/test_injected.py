@@ -180,8 +180,7 @@ def test_default_rows_summarise_exports_with_the_verdict_and_have_no_children(wi
     assert set(by_key) == set(regions)
     explorer = by_key[(1484, 0x0B000000)]
     assert (explorer["Exports"], explorer["Export Summary"]) == (19, "19 exports, 19 known SpyEye plugin names")
-    assert explorer["Verdict"] == ("SpyEye plugin: DLL name ccgrabber.dll is a known SpyEye plugin; "
-                                   "19 of 19 exports are SpyEye plugin API names")
+    assert explorer["Verdict"] == "SpyEye plugin: known plugin DLL name; 19 of 19 exports are SpyEye plugin API"
     ordinals = by_key[(3012, 0x0B000000)]
     assert (ordinals["Export Summary"], ordinals["Verdict"]) == ("5 exports, 0 known SpyEye plugin names",
                                                                  "no SpyEye names")
@@ -224,7 +223,7 @@ def test_known_spyeye_names_are_tagged(win7_image, regions):
     explorer = regions[(1484, 0x0B000000)][1]
     assert sum(r["Known"] is not None for r in explorer) == 19
     verdicts = {key: parent["Verdict"] for key, (parent, _) in regions.items()}
-    named = {key for key, verdict in verdicts.items() if verdict and "DLL name ccgrabber.dll is a known" in verdict}
+    named = {key for key, verdict in verdicts.items() if verdict and "known plugin DLL name" in verdict}
     assert len(named) >= 4                                       # explorer, firefox, iexplore, bot
     assert named == {key for key, (parent, _) in regions.items() if parent["DLL Name"] == "ccgrabber.dll"}
     assert verdicts[(1484, 0x0C100000)] == "no SpyEye names"     # imgutil.dll, not a SpyEye name

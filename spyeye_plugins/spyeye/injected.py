@@ -401,9 +401,9 @@ def verdict(pe: MappedPE) -> str:
     zeus = sum(1 for e in pe.exports if e.name in known_names.zeus_host_exports())
     evidence = []
     if known_module(pe.dll_name):
-        evidence.append(f"DLL name {text_cell(pe.dll_name)} is a known SpyEye plugin")
+        evidence.append("known plugin DLL name")
     if spyeye:
-        evidence.append(f"{spyeye} of {len(pe.exports)} exports are SpyEye plugin API names")
+        evidence.append(f"{spyeye} of {len(pe.exports)} exports are SpyEye plugin API")
     if zeus:
         return f"Zeus-derived plugin host, not SpyEye ({zeus} host exports)"
     if evidence:
