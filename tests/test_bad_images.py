@@ -50,21 +50,14 @@ PROCESS_PLUGINS = ["spyeye.vadsearch --keyword cleansweep.exe", "spyeye.config",
 
 
 @pytest.mark.parametrize("plugin", PROCESS_PLUGINS)
-def test_every_plugin_fails_on_an_unknown_pid_with_one_line(win7_image, plugin):
+@pytest.mark.parametrize("args,problem", [(["--pid", "4", "99999"], "no process with PID 99999"),
+                                          (["--name", "explorer.exe", "nosuch.exe"], "no process named nosuch.exe")])
+def test_every_plugin_fails_on_a_process_selection_that_selects_nothing(win7_image, plugin, args, problem):
     image, _ = win7_image
-    out = run_cli("-f", str(image), *plugin.split(), "--pid", "4", "99999")
+    out = run_cli("-f", str(image), *plugin.split(), *args)
     where = "the active process list" + (" or the pool (psscan)" if plugin == "spyeye.timeline" else "")
     assert out.returncode == 1 and "PID" not in out.stdout
-    assert stderr_lines(out) == [f"error: no process with PID 99999 in {where}"]
-
-
-@pytest.mark.parametrize("plugin", PROCESS_PLUGINS)
-def test_every_plugin_fails_on_a_name_no_process_has(win7_image, plugin):
-    image, _ = win7_image
-    out = run_cli("-f", str(image), *plugin.split(), "--name", "explorer.exe", "nosuch.exe")
-    where = "the active process list" + (" or the pool (psscan)" if plugin == "spyeye.timeline" else "")
-    assert out.returncode == 1 and "PID" not in out.stdout
-    assert stderr_lines(out) == [f"error: no process named nosuch.exe in {where}"]
+    assert stderr_lines(out) == [f"error: {problem} in {where}"]
 
 
 def test_timeline_accepts_the_pid_of_an_exited_process(win7_image):
