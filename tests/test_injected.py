@@ -12,9 +12,10 @@ import pytest
 from volatility3.plugins.windows import pslist, vadinfo
 
 from fixtures.pe_mapper import DLL_DIR, map_image
-from spyeye_plugins.spyeye.injected import InjectedImages, closed_list_bases, rebase_image, unlisted
+from spyeye_plugins.spyeye.injected import InjectedImages, closed_list_bases, export_summary, rebase_image, \
+    unlisted, verdict
 from spyeye_plugins.spyeye.parsers.known_names import known_spyeye_exports
-from spyeye_plugins.spyeye.parsers.pe_image import file_layout_header, inspect_header
+from spyeye_plugins.spyeye.parsers.pe_image import ExportEntry, MappedPE, file_layout_header, inspect_header
 from spyeye_plugins.spyeye.vadwalk import VadFacts
 from tests.test_bad_images import stderr_lines
 from tests.vol_runner import FileCollector, construct, plugin_module, run_cli, run_plugin
@@ -426,3 +427,24 @@ def test_dump_of_an_image_larger_than_its_vad_stops_at_the_vad(win7_image):
     dumped = FileCollector.files[row["File output"]]
     assert row["Size"] > plant["vad_end"] + 1 - plant["vad_start"]          # SizeOfImage says more
     assert len(dumped) == plant["vad_end"] + 1 - plant["vad_start"] and dumped[:2] == b"MZ"
+
+
+def _image(dll_name, *names) -> MappedPE:
+    exports = [ExportEntry(ordinal, name, 0x1000 + ordinal, 0x10001000 + ordinal, None)
+               for ordinal, name in enumerate(names, start=1)]
+    return MappedPE(0x10000000, inspect_header(b""), dll_name=dll_name, exports=exports)
+
+
+@pytest.mark.parametrize("pe,summary,decided", [
+    (_image("webfakes.dll", "Init", "Start", "Helper"), "3 exports, 2 known SpyEye plugin names",
+     "SpyEye plugin: known plugin DLL name; 2 of 3 exports are SpyEye plugin API"),
+    (_image("x.dll", "Init"), "1 export, 1 known SpyEye plugin name",
+     "SpyEye plugin: 1 of 1 exports are SpyEye plugin API"),
+    (_image("CCGRABBER.DLL", None), "1 export, 0 known SpyEye plugin names", "SpyEye plugin: known plugin DLL name"),
+    (_image("host.dll", "Init", "TakeGateToCollector3", "TakeWriteData"),
+     "3 exports, 1 known SpyEye plugin name, 2 Zeus-derived plugin host names",
+     "Zeus-derived plugin host, not SpyEye (2 host exports)"),
+    (_image(None), "0 exports", "no SpyEye names"),
+])
+def test_export_summary_and_verdict(pe, summary, decided):
+    assert (export_summary(pe.exports), verdict(pe)) == (summary, decided)
