@@ -281,6 +281,7 @@ class SpyEyeConfig(interfaces.plugins.PluginInterface):
 
     _required_framework_version = (2, 0, 0)
     _version = (1, 1, 0)   # 1.1: mutex_name kind, confirm_mutex, live_mutants
+    _live_mutants: Optional[Dict[str, int]] = None   # scanned on the first mutex name, once per run
 
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
@@ -428,5 +429,4 @@ class SpyEyeConfig(interfaces.plugins.PluginInterface):
                    ("VAD Start", format_hints.Hex), ("VAD End", format_hints.Hex), ("Protection", str),
                    ("Private", bool), ("File", str), ("Dump", str)]
         vadwalk.check_selection(self.context, self.config["kernel"], self.config.get("pid"), self.config.get("name"))
-        self._live_mutants: Optional[Dict[str, int]] = None
         return renderers.TreeGrid(columns, self._generator(self._layout_table()))

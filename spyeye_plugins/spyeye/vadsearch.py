@@ -357,5 +357,4 @@ def pool_structure(context: interfaces.context.ContextInterface, symbol_table: s
     if block < header_type.size + length or not all(0x20 <= b < 0x7F for b in tag):
         return None
     known = POOL_TAGS.get(tag)
-    name = text_cell(tag.decode("ascii"))
-    return f"pool tag {name!r}" + (f": {known}" if known else "") + f", block of {block:#x} bytes"
+    return f"pool tag {tag.decode('ascii')!r}" + (f": {known}" if known else "") + f", block of {block:#x} bytes"
