@@ -5,9 +5,12 @@ import csv
 import io
 import json
 import logging
+import re
+from pathlib import Path
 
 import pytest
 
+from fixtures.layout import Layout
 from tests.test_bad_images import stderr_lines
 from tests.vol_runner import construct, plugin_module, run_cli, run_plugin
 
@@ -195,6 +198,24 @@ def test_bad_command_raises_usage_error_in_process_before_any_row(win7_image):
     assert raised.value.code == "error: no process with PID 99999 in the active process list"
 
 
+def test_a_hit_inside_an_eprocess_names_the_process_pool_block(win7_image):
+    image, truth = win7_image
+    (bot,) = [p for p in truth["processes"] if p["pid"] == 3012]
+    layout = Layout(Path(truth["isf"]))
+    name_pa = bot["eprocess_phys"] + layout.offset("_EPROCESS", "ImageFileName")
+    rows = run_plugin(image, "spyeye.vadsearch.VadSearch", {"keyword": ["cleansweep.exe"], "encoding": "ascii",
+                                                            "compare_physical": True})
+    (row,) = [r for r in rows if r["Physical"] == name_pa]
+    match = re.fullmatch(r"pool tag 'Proc': _EPROCESS \(process object\), block of (0x[0-9a-f]+) bytes, "
+                         r"hit at body\+(0x[0-9a-f]+)", row["Pool Block"])
+    assert row["PID"] is None and match
+    block, body_offset = (int(group, 16) for group in match.groups())
+    block_start = name_pa - body_offset - layout.size("_POOL_HEADER")
+    eprocess_end = bot["eprocess_phys"] + layout.size("_EPROCESS")
+    assert block_start & ~0xFFF == name_pa & ~0xFFF                  # the block is in the hit's page
+    assert block_start + block - 16 < eprocess_end <= block_start + block  # the _EPROCESS ends the block
+
+
 def test_quick_context_is_one_line_of_hex_with_the_hit_in_brackets(win7_image):
     image, truth = win7_image
     (plant,) = _plants(truth, "firefox-ascii")
@@ -232,7 +253,7 @@ def test_physical_only_hit_in_a_kernel_pool_block_names_its_structure(win7_image
     (row,) = [r for r in hits if r["Physical"] == mutant["name_pa"]]
     assert (row["PID"], row["Pattern"], row["Encoding"]) == (None, mutant["name"], "utf-16le")
     assert row["Pool Block"] == "pool tag 'ObNm': object name (_OBJECT_HEADER_NAME_INFO.Name buffer), " \
-                                "block of 0x30 bytes"
+                                "block of 0x30 bytes, hit at body+0x0"
     (freed,) = _plants(truth, "freed-keyword")
     (row,) = [r for r in hits if r["Physical"] == freed["pa"]]
     assert row["Pool Block"] is None            # freed page: no pool header before it

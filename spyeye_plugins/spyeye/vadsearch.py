@@ -41,6 +41,7 @@ POOL_TAGS = {
     b"Vad ": "_MMVAD", b"VadS": "_MMVAD_SHORT", b"VadF": "_MMVAD_SHORT",
     b"TcpE": "TCP endpoint (_TCP_ENDPOINT)", b"TcpL": "TCP listener (_TCP_LISTENER)",
     b"UdpA": "UDP endpoint (_UDP_ENDPOINT)", b"CM10": "registry hive data", b"NtFs": "NTFS data",
+    b"SeAi": "process image path (_EPROCESS.SeAuditProcessCreationInfo)",
 }
 
 
@@ -341,20 +342,36 @@ def linear_summary(vad_hits: int, missed: Dict[str, int], physical_only: int) ->
 
 def pool_structure(context: interfaces.context.ContextInterface, symbol_table: str, layer_name: str,
                    address: int, length: int) -> Optional[str]:
-    """What the pool block whose header is right before ``address`` holds: its tag and, for
-    a known tag, the structure; None when no plausible _POOL_HEADER is there (a printable
-    tag, and a block size that covers the ``length`` bytes of the hit)."""
+    """What the kernel pool block holding the ``length`` bytes at ``address`` is: its tag
+    and, for a known tag, the structure.  The page's block chain is walked from the page
+    start through the _POOL_HEADERs (each BlockSize leads to the next header, whose
+    PreviousSize must agree); None when the chain breaks before the hit, the hit straddles
+    two blocks or lies in a header (not small-pool memory: freed, big-pool or user pages)."""
     try:
-        header_type = context.symbol_space.get_type(f"{symbol_table}!_POOL_HEADER")
-        if address < header_type.size:
-            return None
-        header = context.object(f"{symbol_table}!_POOL_HEADER", layer_name, address - header_type.size)
-        raw_tag = int(header.PoolTag).to_bytes(4, "little")
-        block = int(header.BlockSize) * header_type.size       # 16-byte units on x64, 8 on x86
+        unit = context.symbol_space.get_type(f"{symbol_table}!_POOL_HEADER").size   # 16 on x64, 8 on x86
+        page, previous = address & ~(vadwalk.PAGE - 1), 0
+        offset = page
+        while offset + unit <= address:
+            header = context.object(f"{symbol_table}!_POOL_HEADER", layer_name, offset)
+            block = int(header.BlockSize) * unit
+            if not block or int(header.PreviousSize) * unit != previous or offset + block > page + vadwalk.PAGE:
+                return None
+            if address < offset + block:
+                return _pool_text(int(header.PoolTag), block, address - offset - unit) \
+                    if address + length <= offset + block else None
+            previous, offset = block, offset + block
     except (exceptions.SymbolError, exceptions.InvalidAddressException, AttributeError):
         return None
-    tag = raw_tag[:3] + bytes([raw_tag[3] & 0x7F])      # the protected-object bit
-    if block < header_type.size + length or not all(0x20 <= b < 0x7F for b in tag):
+    return None
+
+
+def _pool_text(pool_tag: int, block: int, body_offset: int) -> Optional[str]:
+    """``pool tag 'ObNm': object name (…), block of 0x30 bytes, hit at body+0x0``; None for
+    an unprintable tag (not a pool block after all)."""
+    raw = pool_tag.to_bytes(4, "little")
+    tag = raw[:3] + bytes([raw[3] & 0x7F])                  # the protected-object bit
+    if not all(0x20 <= b < 0x7F for b in tag):
         return None
     known = POOL_TAGS.get(tag)
-    return f"pool tag {tag.decode('ascii')!r}" + (f": {known}" if known else "") + f", block of {block:#x} bytes"
+    return (f"pool tag {tag.decode('ascii')!r}" + (f": {known}" if known else "")
+            + f", block of {block:#x} bytes, hit at body+{body_offset:#x}")
