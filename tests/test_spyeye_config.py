@@ -233,11 +233,11 @@ def test_mutex_confirmed_only_by_a_live_mutant_object(win7_image, found):
                if pid == plant["pid"] and 0 <= address - plant["va"] < plant["length"]}
     confirmed, string_only = by_name[name], by_name["__CLEANSWEEP_UNINSTALL__"]
     assert (name, confirmed["Kind"], confirmed["Score"]) == ("__CLEANSWEEP__", "mutex", 100)
-    assert confirmed["Reason"].endswith(f"; confirmed: a live mutant object has this name (_KMUTANT at {body_pa:#x}, "
+    assert confirmed["Reason"].endswith(f"; confirmed by a live mutant object (_KMUTANT at {body_pa:#x}, "
                                         "as windows.mutantscan lists it) (+10)")
     assert (string_only["Kind"], string_only["Score"]) == ("mutex_name", 90)
-    assert string_only["Reason"].endswith("; string in memory only: no mutant object of this name among the 1 "
-                                          "named mutants a pool scan finds (windows.mutantscan)")
+    assert string_only["Reason"].endswith("; string only: no live mutant object has this name (1 named mutant "
+                                          "in the pool, as windows.mutantscan finds them)")
     assert by_name["\\BaseNamedObjects\\__CLEANSWEEP_RELOADCFG__"]["Kind"] == "mutex_name"
     assert by_name["\\\\.\\pipe\\globpluginspipe"]["Kind"] == "pipe"
 

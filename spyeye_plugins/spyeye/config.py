@@ -254,14 +254,14 @@ def confirm_mutex(artifact: Artifact, mutants: Dict[str, int]) -> None:
     name = dict(artifact.fields).get("name", "")
     offset = mutants.get(sa.object_name(name).lower())
     if offset is None:
-        artifact.reasons.append(f"string in memory only: no mutant object of this name among the "
-                                f"{len(mutants)} named mutants a pool scan finds (windows.mutantscan)")
+        artifact.reasons.append(f"string only: no live mutant object has this name ({len(mutants)} named "
+                                f"mutant{'' if len(mutants) == 1 else 's'} in the pool, as windows.mutantscan finds them)")
         artifact.fields.append(("mutant", "none found"))
         return
     artifact.kind = "mutex"
     artifact.score = min(100, artifact.score + CONFIRMED_POINTS)
-    artifact.reasons.append(f"confirmed: a live mutant object has this name (_KMUTANT at {offset:#x}, "
-                            f"as windows.mutantscan lists it) (+{CONFIRMED_POINTS})")
+    artifact.reasons.append(f"confirmed by a live mutant object (_KMUTANT at {offset:#x}, as windows.mutantscan "
+                            f"lists it) (+{CONFIRMED_POINTS})")
     artifact.fields.append(("mutant", f"{offset:#x}"))
 
 
