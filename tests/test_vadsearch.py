@@ -244,7 +244,7 @@ def test_linear_scan_misses_are_summed_up_in_the_log(win7_image, caplog):
     assert line == (f"--compare-physical: a linear scan of the image misses 4 of {len(in_vads)} hits in process "
                     f"memory (their bytes lie on physical pages that are not adjacent) ("
                     + ", ".join(f"{p}: {n}" for p, n in sorted(per_pattern.items()))
-                    + f"); {len(only)} hits are found only by the linear scan (no searched VAD holds them)")
+                    + f"); hits only the linear scan finds (no searched VAD holds them): {len(only)}")
 
 
 def test_physical_only_hit_in_a_kernel_pool_block_names_its_structure(win7_image, hits):

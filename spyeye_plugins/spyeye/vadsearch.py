@@ -337,7 +337,7 @@ def linear_summary(vad_hits: int, missed: Dict[str, int], physical_only: int) ->
     line = (f"--compare-physical: a linear scan of the image misses {total} of {vad_hits} hits in process "
             f"memory (their bytes lie on physical pages that are not adjacent)")
     line += f" ({per_pattern})" if per_pattern else ""
-    return line + f"; {physical_only} hits are found only by the linear scan (no searched VAD holds them)"
+    return line + f"; hits only the linear scan finds (no searched VAD holds them): {physical_only}"
 
 
 def pool_structure(context: interfaces.context.ContextInterface, symbol_table: str, layer_name: str,
