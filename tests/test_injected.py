@@ -11,12 +11,14 @@ import pefile
 import pytest
 from volatility3.plugins.windows import pslist, vadinfo
 
-from fixtures.pe_mapper import DLL_DIR
-from spyeye_plugins.spyeye.injected import InjectedImages, closed_list_bases, unlisted
+from fixtures.pe_mapper import DLL_DIR, map_image
+from spyeye_plugins.spyeye.injected import InjectedImages, closed_list_bases, export_summary, rebase_image, \
+    unlisted, verdict
 from spyeye_plugins.spyeye.parsers.known_names import known_spyeye_exports
-from spyeye_plugins.spyeye.parsers.pe_image import inspect_header
+from spyeye_plugins.spyeye.parsers.pe_image import ExportEntry, MappedPE, file_layout_header, inspect_header
 from spyeye_plugins.spyeye.vadwalk import VadFacts
-from tests.vol_runner import FileCollector, construct, run_cli, run_plugin
+from tests.test_bad_images import stderr_lines
+from tests.vol_runner import FileCollector, construct, plugin_module, run_cli, run_plugin
 
 PLUGIN = "spyeye.injected.InjectedImages"
 MACHINES = {0x14C: "x86", 0x8664: "x64"}
@@ -38,7 +40,13 @@ def _regions(rows: List[Dict]) -> Dict[Tuple[int, int], Tuple[Dict, List[Dict]]]
 @pytest.fixture(scope="module")
 def regions(win7_image):
     image, _ = win7_image
-    return _regions(run_plugin(image, PLUGIN))
+    return _regions(run_plugin(image, PLUGIN, {"exports": True}))
+
+
+@pytest.fixture(scope="module")
+def default_rows(win7_image):
+    image, _ = win7_image
+    return run_plugin(image, PLUGIN)
 
 
 def _pefile(dll: str) -> pefile.PE:
@@ -139,7 +147,7 @@ def test_paged_out_image_lists_exports_and_says_what_is_missing(win7_image, regi
 def test_malformed_images_warn_and_give_what_could_be_read(win7_image, caplog):
     image, truth = win7_image
     with caplog.at_level(logging.WARNING):
-        found = _regions(run_plugin(image, PLUGIN, {"pid": [3012]}))
+        found = _regions(run_plugin(image, PLUGIN, {"pid": [3012], "exports": True}))
     absurd, header_only = (next(p for p in truth["plants"] if p["label"] == label)
                            for label in ("injected-bot-absurd-count", "injected-bot-header-only"))
     row, children = found[(3012, absurd["vad_start"])]
@@ -166,6 +174,44 @@ def test_only_planted_images_reported_and_normal_modules_are_silent(win7_image, 
     assert (1484, 0x2A40000) not in regions     # "MZ" bytes but no PE headers
 
 
+def test_default_rows_summarise_exports_with_the_verdict_and_have_no_children(win7_image, default_rows, regions):
+    assert all(row["__depth"] == 0 for row in default_rows)
+    assert "Export Name" not in default_rows[0] and "Known" not in default_rows[0]
+    by_key = {(r["PID"], r["VAD Start"]): r for r in default_rows}
+    assert set(by_key) == set(regions)
+    explorer = by_key[(1484, 0x0B000000)]
+    assert (explorer["Exports"], explorer["Export Summary"]) == (19, "19 exports, 19 known SpyEye plugin names")
+    assert explorer["Verdict"] == "SpyEye plugin: known plugin DLL name; 19 of 19 exports are SpyEye plugin API"
+    ordinals = by_key[(3012, 0x0B000000)]
+    assert (ordinals["Export Summary"], ordinals["Verdict"]) == ("5 exports, 0 known SpyEye plugin names",
+                                                                 "no SpyEye names")
+    for key, (row, children) in regions.items():
+        summary = by_key[key]
+        if row["Machine"] is None:
+            assert summary["Verdict"] is None and summary["Export Summary"] is None
+            continue
+        known = sum(child["Known"] is not None and child["Known"].startswith("SpyEye") for child in children)
+        assert summary["Export Summary"].startswith(f"{len(children)} export")
+        assert summary["Verdict"].startswith("SpyEye plugin") == (known > 0 or row["DLL Name"] == "ccgrabber.dll")
+
+
+def test_compile_times_are_checked_against_the_capture_time(win7_image, default_rows, monkeypatch, caplog):
+    image, truth = win7_image
+    plugin = construct(image, PLUGIN)
+    captured = type(plugin).capture_time(plugin.context, plugin.config["kernel"])
+    assert captured == datetime.datetime.fromtimestamp(int(truth["system_time"]), tz=datetime.timezone.utc)
+    assert {r["After Capture"] for r in default_rows if r["Timestamp"]} == {False}
+    compiled = datetime.datetime(2011, 3, 15, 12, 0, tzinfo=datetime.timezone.utc)   # the fixture DLLs'
+    early = compiled - datetime.timedelta(days=1)
+    monkeypatch.setattr(type(plugin), "capture_time", classmethod(lambda cls, context, kernel: early))
+    with caplog.at_level(logging.WARNING):
+        rows = run_plugin(image, PLUGIN, {"pid": [2356]})
+    assert [(r["VAD Start"], r["Timestamp"], r["After Capture"]) for r in rows] == [
+        (0x0B000000, compiled, True), (0x0B100000, compiled, True)]
+    assert (f"PID 2356 image at 0xb000000: compiled {compiled}, after the image was captured ({early}): "
+            "TimeDateStamp forged or wrong") in [r.getMessage() for r in caplog.records]
+
+
 def test_known_spyeye_names_are_tagged(win7_image, regions):
     _, truth = win7_image
     known = known_spyeye_exports()
@@ -177,16 +223,17 @@ def test_known_spyeye_names_are_tagged(win7_image, regions):
                 assert child["Known"] is None
     explorer = regions[(1484, 0x0B000000)][1]
     assert sum(r["Known"] is not None for r in explorer) == 19
-    tags = {key: parent["Known"] for key, (parent, _) in regions.items()}
-    assert list(tags.values()).count("SpyEye plugin module name") >= 4  # explorer, firefox, iexplore, bot
-    assert {key for key, tag in tags.items() if tag == "SpyEye plugin module name"} == \
-        {key for key, (parent, _) in regions.items() if parent["DLL Name"] == "ccgrabber.dll"}
-    assert tags[(1484, 0x0C100000)] is None                      # imgutil.dll, not a SpyEye name
+    verdicts = {key: parent["Verdict"] for key, (parent, _) in regions.items()}
+    named = {key for key, verdict in verdicts.items() if verdict and "known plugin DLL name" in verdict}
+    assert len(named) >= 4                                       # explorer, firefox, iexplore, bot
+    assert named == {key for key, (parent, _) in regions.items() if parent["DLL Name"] == "ccgrabber.dll"}
+    assert verdicts[(1484, 0x0C100000)] == "no SpyEye names"     # imgutil.dll, not a SpyEye name
+    assert {parent["Known"] for parent, _ in regions.values()} == {None}
 
 
 def test_all_exec_reports_every_private_executable_vad(win7_image):
     image, truth = win7_image
-    found = _regions(run_plugin(image, PLUGIN, {"all_exec": True}))
+    found = _regions(run_plugin(image, PLUGIN, {"all_exec": True, "exports": True}))
     linked = {p["pid"] for p in truth["processes"] if p["linked"]}
     private_exec = {(v["pid"], v["start"]) for v in truth["vads"]
                     if v["pid"] in linked and v["private"] and "EXECUTE" in v["protection"]}
@@ -217,6 +264,8 @@ def test_dumped_images_load_in_pefile_with_the_original_exports(win7_image):
             continue
         name = row["File output"]
         assert name.startswith(f"pid.{pid}.{start:#x}.") and name in files
+        assert row["Dump Note"] == f"ImageBase is already {start:#x}, the VAD start"   # mapped at the VAD
+        assert pefile.PE(data=files[name]).OPTIONAL_HEADER.ImageBase == start
         dumped = pefile.PE(data=files[name])
         if "malformed" in plants[(pid, start)]["meta"]:
             continue                            # dumped as found: the export table stays corrupt
@@ -250,7 +299,7 @@ def test_list_candidates_contract(win7_image):
 def test_json_output_nests_exports_under_regions(win7_image, tmp_path):
     image, _ = win7_image
     out = run_cli("-r", "json", "-o", str(tmp_path), "-f", str(image), "spyeye.injected",
-               "--pid", "2356", "--dump")
+               "--pid", "2356", "--dump", "--exports")
     assert "Traceback" not in out.stderr
     row = json.loads(out.stdout)[0]
     assert (row["PID"], row["VAD Start"], row["Machine"], row["DLL Name"]) == \
@@ -261,10 +310,57 @@ def test_json_output_nests_exports_under_regions(win7_image, tmp_path):
     assert (tmp_path / row["File output"]).stat().st_size == 0x6000
 
 
-def test_unknown_pid_gives_one_line_error(win7_image):
+@pytest.mark.parametrize("args,line", [
+    (["--pid", "99999"], "error: no process with PID 99999 in the active process list"),
+    (["--pid", "2356", "31337"], "error: no process with PID 31337 in the active process list"),
+    (["--name", "nosuch.exe"], "error: no process named nosuch.exe in the active process list"),
+])
+def test_unknown_process_fails_with_one_line_and_no_table(win7_image, args, line):
     image, _ = win7_image
-    out = run_cli("-f", str(image), "spyeye.injected", "--pid", "99999")
-    assert "Traceback" not in out.stderr and "no process with PID 99999" in out.stderr
+    out = run_cli("-f", str(image), "spyeye.injected", *args)
+    assert out.returncode == 1 and "PID" not in out.stdout
+    assert stderr_lines(out) == [line]
+
+
+def test_unknown_pid_raises_usage_error_in_process(win7_image):
+    image, _ = win7_image
+    with pytest.raises(plugin_module("spyeye.output").UsageError, match="no process with PID 99999"):
+        construct(image, PLUGIN, {"pid": [99999]}).run()
+
+
+def _file_layout(mapped: bytes) -> bytes:
+    """A mapped image as spyeye.injected writes it before rebasing (raw offset = RVA)."""
+    header, size = file_layout_header(mapped[:0x1000], len(mapped))
+    return header + mapped[len(header):size]
+
+
+def test_rebase_applies_relocations_when_memory_still_holds_the_preferred_base():
+    raw = (DLL_DIR / "spyplugin_x86.dll").read_bytes()
+    assert pefile.PE(data=raw).OPTIONAL_HEADER.ImageBase == 0x10000000
+    data, note = rebase_image(_file_layout(map_image(raw)), 0x0B000000)
+    assert note == "rebased 0x10000000 -> 0xb000000 (the VAD start): 15 relocations applied"
+    loaded = map_image(raw, 0x0B000000)                 # pefile's own relocation of the file
+    assert data[0x1000:] == loaded[0x1000:len(data)] != map_image(raw)[0x1000:len(data)]
+    assert pefile.PE(data=data).OPTIONAL_HEADER.ImageBase == 0x0B000000
+
+
+def test_rebase_only_sets_image_base_when_memory_is_already_relocated():
+    raw = (DLL_DIR / "spyplugin_x86.dll").read_bytes()
+    relocated = bytearray(map_image(raw, 0x0B000000))
+    relocated[:0x1000] = map_image(raw)[:0x1000]         # header still names the preferred base
+    data, note = rebase_image(_file_layout(bytes(relocated)), 0x0B000000)
+    assert note == ("ImageBase 0x10000000 -> 0xb000000 (the VAD start); memory already relocated "
+                    "(15 of 15 sampled pointers point into it)")
+    assert data[0x1000:] == bytes(relocated[0x1000:len(data)])
+    assert pefile.PE(data=data).OPTIONAL_HEADER.ImageBase == 0x0B000000
+
+
+def test_rebase_without_relocations_sets_the_image_base():
+    raw = (DLL_DIR / "spyplugin_x64.dll").read_bytes()
+    data, note = rebase_image(_file_layout(map_image(raw)), 0x0B000000)
+    assert note == "ImageBase 0x180000000 -> 0xb000000 (the VAD start); no relocations to apply"
+    assert pefile.PE(data=data).OPTIONAL_HEADER.ImageBase == 0x0B000000
+    assert data[0x1000:] == map_image(raw)[0x1000:len(data)]
 
 
 def test_loader_list_comparison_exempts_the_exe_from_init_order_only():
@@ -331,3 +427,24 @@ def test_dump_of_an_image_larger_than_its_vad_stops_at_the_vad(win7_image):
     dumped = FileCollector.files[row["File output"]]
     assert row["Size"] > plant["vad_end"] + 1 - plant["vad_start"]          # SizeOfImage says more
     assert len(dumped) == plant["vad_end"] + 1 - plant["vad_start"] and dumped[:2] == b"MZ"
+
+
+def _image(dll_name, *names) -> MappedPE:
+    exports = [ExportEntry(ordinal, name, 0x1000 + ordinal, 0x10001000 + ordinal, None)
+               for ordinal, name in enumerate(names, start=1)]
+    return MappedPE(0x10000000, inspect_header(b""), dll_name=dll_name, exports=exports)
+
+
+@pytest.mark.parametrize("pe,summary,decided", [
+    (_image("webfakes.dll", "Init", "Start", "Helper"), "3 exports, 2 known SpyEye plugin names",
+     "SpyEye plugin: known plugin DLL name; 2 of 3 exports are SpyEye plugin API"),
+    (_image("x.dll", "Init"), "1 export, 1 known SpyEye plugin name",
+     "SpyEye plugin: 1 of 1 exports are SpyEye plugin API"),
+    (_image("CCGRABBER.DLL", None), "1 export, 0 known SpyEye plugin names", "SpyEye plugin: known plugin DLL name"),
+    (_image("host.dll", "Init", "TakeGateToCollector3", "TakeWriteData"),
+     "3 exports, 1 known SpyEye plugin name, 2 Zeus-derived plugin host names",
+     "Zeus-derived plugin host, not SpyEye (2 host exports)"),
+    (_image(None), "0 exports", "no SpyEye names"),
+])
+def test_export_summary_and_verdict(pe, summary, decided):
+    assert (export_summary(pe.exports), verdict(pe)) == (summary, decided)

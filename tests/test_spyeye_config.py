@@ -9,7 +9,9 @@ from typing import Dict, List, Tuple
 import pytest
 
 from fixtures.artifacts import spyeye_blobs as blobs
-from tests.vol_runner import FileCollector, run_cli, run_plugin
+from spyeye_plugins.spyeye.output import text_cell
+from tests.test_bad_images import stderr_lines
+from tests.vol_runner import FileCollector, construct, plugin_module, run_cli, run_plugin
 
 PLUGIN = "spyeye.config.SpyEyeConfig"
 
@@ -121,7 +123,7 @@ def _record_fields(expected) -> Dict[str, List[str]]:
     if func["url_line"]:
         want["func_data.url_line"] = [func["url_line"]]
     if expected["keys"]:
-        want["keys"] = [expected["keys"]]
+        want["keys"] = [text_cell(expected["keys"])]
     return want
 
 
@@ -132,17 +134,40 @@ def test_framed_records_decode_to_exact_fields(win7_image, found, name):
     expected = _expected(plant)
     row = _at(found, plant, expected["frame_offset"])
     assert (row["Kind"], row["Confidence"]) == ("stolen_record", "high")
-    fields = dict(row["fields"])
+    assert dict(row["fields"]) == _record_fields(expected)          # raw bytes only with --raw
+
+
+def test_raw_bytes_shown_only_with_raw(win7_image):
+    image, truth = win7_image
+    plant, damaged = _plant(truth, "record-ie"), _plant(truth, "record-damaged")
+    expected = _expected(plant)
+    rows = _artifacts(run_plugin(image, PLUGIN, {"pid": [plant["pid"]], "raw": True}))
+    fields = dict(_at(rows, plant, expected["frame_offset"])["fields"])
     assert fields.pop("func_data.raw") == [expected["func_data_raw"].encode("ascii").hex()]
     assert fields == _record_fields(expected)
+    (raw,) = _at(rows, damaged, _expected(damaged)["frame_offset"])["fields"]["func_data.raw"]
+    assert len(bytes.fromhex(raw)) == 48                              # what memory still holds
 
 
-def test_firefox_record_keys_are_utf16_keystrokes(win7_image, found):
+def test_firefox_record_keys_are_utf16_keystrokes_with_control_characters_escaped(win7_image, found):
     _, truth = win7_image
     plant = _plant(truth, "record-firefox")
     row = _at(found, plant, _expected(plant)["frame_offset"])
-    assert row["fields"]["keys"] == ["mary\tBarack!2011\r"]
-    assert "mary".encode("utf-16-le") in bytes.fromhex(plant["data"])
+    assert _expected(plant)["keys"] == "mary\tBarack!2011\r"        # a TAB and a CR typed by the user
+    assert row["fields"]["keys"] == ["mary\\tBarack!2011\\r"]       # shown escaped, one cell
+    assert "mary\tBarack".encode("utf-16-le") in bytes.fromhex(plant["data"])
+
+
+def test_a_tab_in_stolen_data_keeps_the_quick_renderer_s_columns(win7_image):
+    image, truth = win7_image
+    out = run_cli("-r", "quick", "-f", str(image), "spyeye.config", "--pid", "2356")
+    assert out.returncode == 0
+    lines = [line for line in out.stdout.splitlines() if line.startswith(("2356\t", "* 2356\t"))]
+    fields = _record_fields(_expected(_plant(truth, "record-firefox")))
+    assert len(lines) == 1 + sum(len(values) for values in fields.values()) == 19
+    assert {len(line.split("\t")) for line in lines} == {15}
+    (keys,) = [line.split("\t") for line in lines if "\tkeys\t" in line]
+    assert keys[4:6] == ["keys", "mary\\tBarack!2011\\r"]
 
 
 def test_damaged_record_gives_readable_fields_and_warnings(win7_image, found):
@@ -157,8 +182,6 @@ def test_damaged_record_gives_readable_fields_and_warnings(win7_image, found):
     fields = dict(row["fields"])
     assert fields.pop("warning") == ["field 'func_data' declares 4608 bytes but only 48 remain; kept those",
                                      "read 5 of 6 declared fields"]
-    raw = fields.pop("func_data.raw")[0]
-    assert len(bytes.fromhex(raw)) == 48
     assert fields == _record_fields(expected)
     assert "keys" not in fields
 
@@ -190,13 +213,39 @@ def test_checkin_decoded(win7_image, found):
 def test_mutex_and_pipe_names_found_one_row_each(win7_image, found):
     _, truth = win7_image
     plant = _plant(truth, "mutexes")
+    live = {m["name"]: m["body_pa"] for m in truth["mutants"]}
     for entry in _expected(plant)["strings"]:
         row = found[(plant["pid"], plant["va"] + entry["offset"])]
-        assert row["Kind"] == entry["kind"] and row["Confidence"] == "high"
+        kind = entry["kind"] if entry["kind"] == "pipe" or entry["text"] in live else "mutex_name"
+        assert row["Kind"] == kind and row["Confidence"] == "high"
+        mutant = {} if kind == "pipe" else {"mutant": [f"{live[entry['text']]:#x}" if kind == "mutex" else "none found"]}
         assert row["fields"] == {"name": [entry["text"]], "encoding": [entry["encoding"]],
-                                 "reversed": [str(entry["reversed"]).lower()]}
+                                 "reversed": [str(entry["reversed"]).lower()], **mutant}
     in_plant = [key for key in found if key[0] == plant["pid"] and 0 <= key[1] - plant["va"] < plant["length"]]
     assert len(in_plant) == len(_expected(plant)["strings"])
+
+
+def test_mutex_confirmed_only_by_a_live_mutant_object(win7_image, found):
+    _, truth = win7_image
+    plant = _plant(truth, "mutexes")
+    ((name, body_pa),) = [(m["name"], m["body_pa"]) for m in truth["mutants"]]
+    by_name = {row["fields"]["name"][0]: row for (pid, address), row in found.items()
+               if pid == plant["pid"] and 0 <= address - plant["va"] < plant["length"]}
+    confirmed, string_only = by_name[name], by_name["__CLEANSWEEP_UNINSTALL__"]
+    assert (name, confirmed["Kind"], confirmed["Score"]) == ("__CLEANSWEEP__", "mutex", 100)
+    assert confirmed["Reason"].endswith(f"; confirmed by a live mutant object (_KMUTANT at {body_pa:#x}, "
+                                        "as windows.mutantscan lists it) (+10)")
+    assert (string_only["Kind"], string_only["Score"]) == ("mutex_name", 90)
+    assert string_only["Reason"].endswith("; string only: no live mutant object has this name (1 named mutant "
+                                          "in the pool, as windows.mutantscan finds them)")
+    assert by_name["\\BaseNamedObjects\\__CLEANSWEEP_RELOADCFG__"]["Kind"] == "mutex_name"
+    assert by_name["\\\\.\\pipe\\globpluginspipe"]["Kind"] == "pipe"
+
+
+def test_stock_mutantscan_lists_the_planted_mutant(win7_image):
+    image, truth = win7_image
+    rows = run_plugin(image, "windows.mutantscan.MutantScan")
+    assert [(r["Offset"], r["Name"]) for r in rows] == [(m["body_pa"], m["name"]) for m in truth["mutants"]]
 
 
 def test_config_image_decoded_once(win7_image, found):
@@ -274,25 +323,37 @@ def test_json_output_has_the_documented_schema(win7_image):
     out = run_cli("-r", "json", "-f", str(image), "spyeye.config", "--pid", "2356", "2172")
     assert "Traceback" not in out.stderr
     rows = json.loads(out.stdout)
-    columns = {"PID", "Process", "Address", "VAD Start", "VAD End", "Protection", "Private", "File", "Kind",
-               "Score", "Confidence", "Reason", "Dump", "Field", "Value", "__children"}
+    columns = ["PID", "Process", "Address", "Kind", "Field", "Value", "Score", "Confidence", "Reason",
+               "VAD Start", "VAD End", "Protection", "Private", "File", "Dump"]
+    assert [c.name for c in construct(image, PLUGIN).run().columns] == columns     # Field/Value next to Kind
+    columns = set(columns) | {"__children"}
     assert all(set(row) == columns for row in rows)
     assert all(set(child) == columns and child["__children"] == [] for row in rows for child in row["__children"])
     plant = _plant(truth, "record-firefox")
     (record,) = [r for r in rows if r["Address"] == plant["va"] + len(blobs.HEAP_PREFIX)]
     assert (record["PID"], record["Kind"], record["Field"], record["Value"]) == (2356, "stolen_record", None, None)
     values = {c["Field"]: c["Value"] for c in record["__children"]}
-    assert values["keys"] == "mary\tBarack!2011\r" and values["hooked_func"] == "PR_Write"
+    assert values["keys"] == "mary\\tBarack!2011\\r" and values["hooked_func"] == "PR_Write"
     assert "warning" in {c["Field"] for r in rows for c in r["__children"]}
     assert "read 5 of 6 declared fields" in out.stderr
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--pid", "99999"], "no process with PID 99999"),
-    (["--pid", "1484", "--c1-layout", "no_such_layout"], "cannot load C1 layout 'no_such_layout'"),
+@pytest.mark.parametrize("args, line", [
+    (["--pid", "99999"], "error: no process with PID 99999 in the active process list"),
+    (["--name", "nosuch.exe"], "error: no process named nosuch.exe in the active process list"),
+    (["--pid", "1484", "--c1-layout", "no_such_layout"],
+     "error: cannot load C1 layout 'no_such_layout' from symbols/spyeye: "),
 ])
-def test_bad_input_gives_one_line_error(win7_image, args, message):
+def test_bad_input_fails_with_one_line(win7_image, args, line):
     image, _ = win7_image
     out = run_cli("-f", str(image), "spyeye.config", *args)
-    assert "Traceback" not in out.stderr
-    assert message in out.stderr
+    assert out.returncode == 1 and "PID" not in out.stdout
+    (error,) = stderr_lines(out)
+    assert error.startswith(line) and (error == line or line.endswith(": "))
+
+
+def test_bad_layout_raises_usage_error_in_process(win7_image):
+    image, _ = win7_image
+    plugin = construct(image, PLUGIN, {"c1_layout": "no_such_layout"})
+    with pytest.raises(plugin_module("spyeye.output").UsageError, match="cannot load C1 layout 'no_such_layout'"):
+        plugin.run()

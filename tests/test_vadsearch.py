@@ -4,10 +4,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
+import re
+from pathlib import Path
 
 import pytest
 
-from tests.vol_runner import plugin_module, run_cli, run_plugin
+from fixtures.layout import Layout
+from tests.test_bad_images import stderr_lines
+from tests.vol_runner import construct, plugin_module, run_cli, run_plugin
 
 KEYWORDS = ["__CLEANSWEEP__", "cleansweep.exe", "hooked_func", "SPYNET_CHUNK_EDGE",
             "globpluginspipe", "__SPYNET__", "__CLEANSWEEP_UNINSTALL__", "PR_Write",
@@ -18,7 +23,7 @@ KEYWORDS = ["__CLEANSWEEP__", "cleansweep.exe", "hooked_func", "SPYNET_CHUNK_EDG
 def hits(win7_image):
     image, _ = win7_image
     return run_plugin(image, "spyeye.vadsearch.VadSearch",
-                      {"keyword": KEYWORDS, "compare_physical": True})
+                      {"keyword": KEYWORDS, "compare_physical": True, "hexdump": True})
 
 
 def _plants(truth, *labels):
@@ -43,8 +48,10 @@ def test_every_resident_plant_found_with_process_vad_addresses_and_context(win7_
         assert row["Process"] == next(p["image_file_name"] for p in truth["processes"]
                                       if p["pid"] == plant["pid"])
         offset = row["Address"] - row["Context Start"]
-        assert row["Context"][offset:offset + row["Length"]] == data[skip:skip + row["Length"]]
+        assert row["Hex Dump"][offset:offset + row["Length"]] == data[skip:skip + row["Length"]]
         assert offset == min(64, row["Address"] - plant["vad_start"])
+        hit_hex = " ".join(f"{b:02x}" for b in data[skip:skip + min(row["Length"], 32)])
+        assert f"[{hit_hex}{'…' if row['Length'] > 32 else ''}]" in row["Context"]
         assert row["Encoding"] == encoding
 
 
@@ -94,7 +101,7 @@ def test_yara_engine_reports_the_same_rows_as_the_default(win7_image, hits):
     """``--engine yara`` (the fallback where Hyperscan is missing) gives the default's rows."""
     image, _ = win7_image
     rows = run_plugin(image, "spyeye.vadsearch.VadSearch",
-                      {"keyword": KEYWORDS, "compare_physical": True, "engine": "yara"})
+                      {"keyword": KEYWORDS, "compare_physical": True, "hexdump": True, "engine": "yara"})
     assert len(rows) > 20
     assert rows == hits
 
@@ -143,21 +150,114 @@ def test_json_output_parses_and_carries_the_fields(win7_image):
     assert rows[0]["PID"] == 2356
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--keyword", ""], "empty keyword"),
-    (["--regex", "(unclosed"], "invalid regex"),
-    (["--yara-rules", "rule broken {"], "invalid YARA rules"),
-    (["--hex", "4D 5"], "even number of hex digits"),
-    (["--keyword", "x", "--pid", "99999"], "no process with PID 99999"),
-    (["--keyword", "x", "--chunk-size", "0"], "--chunk-size must be at least 0x1000"),
-    (["--keyword", "x", "--name", "nosuch.exe"], "no process named nosuch.exe"),
-    (["--yara-file", "/bin/ls"], "not a text YARA rule file"),
-])
-def test_bad_input_gives_one_line_error_not_traceback(win7_image, args, message):
+BAD_COMMANDS = [            # (arguments, the one line on stderr or its start)
+    (["--keyword", ""], "error: empty keyword"),
+    (["--regex", "(unclosed"], "error: invalid regex '(unclosed': "),      # then Python's/YARA's own words
+    (["--yara-rules", "rule broken {"], "error: invalid YARA rules: line 0: "),
+    (["--hex", "4D 5"], "error: hex pattern '4D 5': needs an even number of hex digits"),
+    (["--keyword", "x", "--pid", "99999"], "error: no process with PID 99999 in the active process list"),
+    (["--keyword", "x", "--pid", "1484", "99999", "4"], "error: no process with PID 99999 in the active process list"),
+    (["--keyword", "x", "--chunk-size", "0"], "error: --chunk-size must be at least 0x1000"),
+    (["--keyword", "x", "--context", "-1"], "error: --context must not be negative, not -1"),
+    (["--keyword", "x", "--max-hits", "-5"], "error: --max-hits must not be negative, not -5"),
+    (["--keyword", "x", "--name", "nosuch.exe"], "error: no process named nosuch.exe in the active process list"),
+    (["--keyword", "x", "--pid", "1484", "--name", "firefox.exe"],
+     "error: no process with PID 1484 and name firefox.exe in the active process list"),
+    (["--keyword", "x", "--address-range", "12"], "error: address range '12': use START-END in hex"),
+    (["--yara-file", "/bin/ls"], "error: /bin/ls: not a text YARA rule file (compiled rules are not supported)"),
+    (["--yara-file", "/nonexistent/rules.yar"],
+     "error: cannot read YARA file: [Errno 2] No such file or directory: '/nonexistent/rules.yar'"),
+    ([], "error: no pattern given: use --keyword, --hex, --regex or --yara-*"),
+]
+
+
+@pytest.mark.parametrize("args,line", BAD_COMMANDS)
+def test_bad_command_fails_with_one_line_and_no_table(win7_image, args, line):
     image, _ = win7_image
     out = run_cli("-f", str(image), "spyeye.vadsearch", *args)
-    assert "Traceback" not in out.stderr
-    assert message in out.stderr
+    assert out.returncode == 1
+    (error,) = stderr_lines(out)
+    assert error.startswith(line) and (error == line or line.endswith(": "))
+    assert "PID" not in out.stdout and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("args", [["--keyword", "x", "--encoding", "utf-32"], ["--keyword", "x", "--engine", "re2"]])
+def test_fixed_choice_options_are_refused_by_volatility(win7_image, args):
+    image, _ = win7_image
+    out = run_cli("-f", str(image), "spyeye.vadsearch", *args)
+    assert out.returncode == 2 and "PID" not in out.stdout
+    assert f"argument --{args[2][2:]}: invalid choice: '{args[3]}'" in out.stderr.splitlines()[-1]
+
+
+def test_bad_command_raises_usage_error_in_process_before_any_row(win7_image):
+    image, _ = win7_image
+    plugin = construct(image, "spyeye.vadsearch.VadSearch", {"keyword": ["x"], "pid": [99999]})
+    with pytest.raises(plugin_module("spyeye.output").UsageError) as raised:
+        plugin.run()
+    assert raised.value.message == "no process with PID 99999 in the active process list"
+    assert raised.value.code == "error: no process with PID 99999 in the active process list"
+
+
+def test_a_hit_inside_an_eprocess_names_the_process_pool_block(win7_image):
+    image, truth = win7_image
+    (bot,) = [p for p in truth["processes"] if p["pid"] == 3012]
+    layout = Layout(Path(truth["isf"]))
+    name_pa = bot["eprocess_phys"] + layout.offset("_EPROCESS", "ImageFileName")
+    rows = run_plugin(image, "spyeye.vadsearch.VadSearch", {"keyword": ["cleansweep.exe"], "encoding": "ascii",
+                                                            "compare_physical": True})
+    (row,) = [r for r in rows if r["Physical"] == name_pa]
+    match = re.fullmatch(r"pool tag 'Proc': _EPROCESS \(process object\), block of (0x[0-9a-f]+) bytes, "
+                         r"hit at body\+(0x[0-9a-f]+)", row["Pool Block"])
+    assert row["PID"] is None and match
+    block, body_offset = (int(group, 16) for group in match.groups())
+    block_start = name_pa - body_offset - layout.size("_POOL_HEADER")
+    eprocess_end = bot["eprocess_phys"] + layout.size("_EPROCESS")
+    assert block_start & ~0xFFF == name_pa & ~0xFFF                  # the block is in the hit's page
+    assert block_start + block - 16 < eprocess_end <= block_start + block  # the _EPROCESS ends the block
+
+
+def test_quick_context_is_one_line_of_hex_with_the_hit_in_brackets(win7_image):
+    image, truth = win7_image
+    (plant,) = _plants(truth, "firefox-ascii")
+    out = run_cli("-r", "quick", "-f", str(image), "spyeye.vadsearch", "--keyword", "PR_Write",
+                  "--address-range", "0-9FFFFFF")
+    assert out.returncode == 0
+    (line,) = [text for text in out.stdout.splitlines() if text.startswith("2356\t")]
+    cells = line.split("\t")
+    assert len(cells) == 15 and cells[7] == f"{plant['va']:#x}"
+    assert cells[14] == "00 00 00 00 00 00 00 00 [50 52 5f 57 72 69 74 65] 00 00 00 00 00 00 00 00  " \
+                        "|........PR_Write........|"
+
+
+def test_linear_scan_misses_are_summed_up_in_the_log(win7_image, caplog):
+    image, truth = win7_image
+    with caplog.at_level(logging.WARNING):
+        rows = run_plugin(image, "spyeye.vadsearch.VadSearch", {"keyword": KEYWORDS, "compare_physical": True})
+    in_vads = [r for r in rows if r["PID"] is not None]
+    missed = [r for r in in_vads if not r["In Linear Scan"]]
+    assert missed == [r for r in in_vads if r["Scattered"]] and len(missed) == 4
+    per_pattern = {}
+    for row in missed:
+        per_pattern[row["Pattern"]] = per_pattern.get(row["Pattern"], 0) + 1
+    only = [r for r in rows if r["PID"] is None]
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("--compare-physical")]
+    assert line == (f"--compare-physical: a linear scan of the image misses 4 of {len(in_vads)} hits in process "
+                    f"memory (their bytes lie on physical pages that are not adjacent) ("
+                    + ", ".join(f"{p}: {n}" for p, n in sorted(per_pattern.items()))
+                    + f"); hits only the linear scan finds (no searched VAD holds them): {len(only)}")
+
+
+def test_physical_only_hit_in_a_kernel_pool_block_names_its_structure(win7_image, hits):
+    _, truth = win7_image
+    (mutant,) = truth["mutants"]
+    (row,) = [r for r in hits if r["Physical"] == mutant["name_pa"]]
+    assert (row["PID"], row["Pattern"], row["Encoding"]) == (None, mutant["name"], "utf-16le")
+    assert row["Pool Block"] == "pool tag 'ObNm': object name (_OBJECT_HEADER_NAME_INFO.Name buffer), " \
+                                "block of 0x30 bytes, hit at body+0x0"
+    (freed,) = _plants(truth, "freed-keyword")
+    (row,) = [r for r in hits if r["Physical"] == freed["pa"]]
+    assert row["Pool Block"] is None            # freed page: no pool header before it
+    assert all(r["Pool Block"] is None for r in hits if r["PID"] is not None)
 
 
 def test_keyword_in_vad_over_1gib_found_with_bounded_reads_where_vadyarascan_skips_it(
@@ -200,7 +300,19 @@ def test_context_is_capped_at_4_kib_either_side(win7_image):
     image, truth = win7_image
     (plant,) = _plants(truth, "iexplore-chunk-edge")
     rows = run_plugin(image, "spyeye.vadsearch.VadSearch", {
-        "keyword": ["SPYNET_CHUNK_EDGE"], "encoding": "ascii", "pid": [plant["pid"]], "context": 1 << 20})
+        "keyword": ["SPYNET_CHUNK_EDGE"], "encoding": "ascii", "pid": [plant["pid"]], "context": 1 << 20,
+        "hexdump": True})
     (row,) = [r for r in rows if r["Address"] == plant["va"]]
     assert row["Context Start"] == plant["va"] - 0x1000
-    assert len(row["Context"]) == 0x1000 + len("SPYNET_CHUNK_EDGE") + 0x1000
+    assert len(row["Hex Dump"]) == 0x1000 + len("SPYNET_CHUNK_EDGE") + 0x1000
+
+
+@pytest.mark.parametrize("data,offset,length,line", [
+    (b"ab__X__cd", 2, 5, "61 62 [5f 5f 58 5f 5f] 63 64  |ab__X__cd|"),
+    (b"__X__", 0, 5, "[5f 5f 58 5f 5f]  |__X__|"),                       # at the start of a VAD
+    (bytes(range(0x41, 0x41 + 40)) + b"\n", 0, 40,
+     "[" + " ".join(f"{b:02x}" for b in range(0x41, 0x41 + 32)) + "…] 61 62 63 64 65 66 67 68 0a  "
+     "|ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`abcdefgh.|"),                     # long hit: 32 bytes, then …
+])
+def test_context_line(data, offset, length, line):
+    assert plugin_module("spyeye.vadsearch").context_line(data, offset, length) == line

@@ -209,6 +209,7 @@ class ApiScore(interfaces.plugins.PluginInterface):
                    ("Protection", str), ("File", str), ("Reason", str), ("Mode", str), ("Method", str),
                    ("Analysed", int), ("Instructions", int), ("Decoded", int), ("Score", int), ("Traits", str), ("APIs", str),
                    ("Address", format_hints.Hex), ("Instruction", str), ("Detail", str)]
+        vadwalk.check_selection(self.context, self.config["kernel"], self.config.get("pid"), self.config.get("name"))
         max_bytes = self.config.get("max_bytes")
         max_bytes = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
         if max_bytes <= 0:

@@ -20,8 +20,11 @@ from volatility3.framework import exceptions, interfaces, objects, renderers
 from volatility3.framework.configuration import requirements
 from volatility3.framework.renderers import format_hints
 from volatility3.framework.symbols import intermed
+from volatility3.framework.symbols import windows as _windows  # noqa: F401  (before mutantscan: a cycle)
+from volatility3.plugins.windows import mutantscan
 
 from . import vadsearch, vadwalk
+from .output import UsageError, text_cell
 from .parsers import spyeye_artifacts as sa
 from .parsers.patterns import Hit, PatternSet
 
@@ -34,6 +37,8 @@ LAYOUT_TYPE = "c1_block"  # the struct a layout file declares, read at the marke
 CHECKIN_PREFIX = b"guid="
 CHECKIN_REGEX = re.compile(rb"(?<![A-Za-z0-9_])guid=[\x21-\x25\x27-\x7e]{1,96}&ver=[0-9]")
 KNOWN_NAME_KINDS = ("mutex", "pipe")
+RAW_FIELDS = ("func_data.raw",)  # raw bytes as hex: long, shown only with --raw
+CONFIRMED_POINTS = 10            # a live mutant object of the name found in memory
 
 # kind -> (bytes read before the hit, bytes read after it)
 WINDOWS: Dict[str, Tuple[int, int]] = {
@@ -238,7 +243,26 @@ def known_name_artifact(data: bytes, offset: int, address: int) -> Artifact:
         return Artifact("mutex", address, 1, 0, ["keyword not inside a readable name"], [])
     score, reasons = sa.rate_known_string(found)
     fields = [("name", found.text), ("encoding", found.encoding), ("reversed", _text(found.reversed))]
-    return Artifact(found.kind, address - offset + found.offset, _width(found), score, reasons, fields)
+    kind = "mutex_name" if found.kind == "mutex" else found.kind   # a string, until a live object confirms it
+    return Artifact(kind, address - offset + found.offset, _width(found), score, reasons, fields)
+
+
+def confirm_mutex(artifact: Artifact, mutants: Dict[str, int]) -> None:
+    """Make a ``mutex_name`` artifact a ``mutex`` when a live mutant object has its name
+    (``mutants``: lower-cased object name -> offset of the _KMUTANT), else say it is a
+    string only."""
+    name = dict(artifact.fields).get("name", "")
+    offset = mutants.get(sa.object_name(name).lower())
+    if offset is None:
+        artifact.reasons.append(f"string only: no live mutant object has this name ({len(mutants)} named "
+                                f"mutant{'' if len(mutants) == 1 else 's'} in the pool, as windows.mutantscan finds them)")
+        artifact.fields.append(("mutant", "none found"))
+        return
+    artifact.kind = "mutex"
+    artifact.score = min(100, artifact.score + CONFIRMED_POINTS)
+    artifact.reasons.append(f"confirmed by a live mutant object (_KMUTANT at {offset:#x}, as windows.mutantscan "
+                            f"lists it) (+{CONFIRMED_POINTS})")
+    artifact.fields.append(("mutant", f"{offset:#x}"))
 
 
 def _width(found: sa.FoundString) -> int:
@@ -256,15 +280,19 @@ class SpyEyeConfig(interfaces.plugins.PluginInterface):
     """Finds and decodes SpyEye C1 blocks, stolen-data records, check-ins and other traces."""
 
     _required_framework_version = (2, 0, 0)
-    _version = (1, 0, 0)
+    _version = (1, 1, 0)   # 1.1: mutex_name kind, confirm_mutex, live_mutants
+    _live_mutants: Optional[Dict[str, int]] = None   # scanned on the first mutex name, once per run
 
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
         return vadwalk.kernel_requirements() + [
             requirements.VersionRequirement(name="vadsearch", component=vadsearch.VadSearch, version=(1, 1, 0)),
+            requirements.VersionRequirement(name="mutantscan", component=mutantscan.MutantScan, version=(2, 0, 0)),
             *vadwalk.process_filter_requirements(),
             requirements.BooleanRequirement(name="dump", default=False, optional=True,
                                             description="Write each C1 block, record and config image to a file"),
+            requirements.BooleanRequirement(name="raw", default=False, optional=True,
+                                            description="Also show raw bytes as hex (e.g. func_data.raw)"),
             requirements.StringRequirement(name="c1_layout", optional=True,
                                            description="Also read C1 blocks with this declared layout "
                                                        "(symbols/spyeye/NAME.json, e.g. c1_layout; unconfirmed)"),
@@ -328,11 +356,9 @@ class SpyEyeConfig(interfaces.plugins.PluginInterface):
         try:
             table = intermed.IntermediateSymbolTable.create(self.context, self.config_path, LAYOUT_SUBPATH, name)
         except (FileNotFoundError, exceptions.SymbolSpaceError, ValueError) as exc:
-            vollog.error("cannot load C1 layout %r from symbols/%s: %s", name, LAYOUT_SUBPATH, exc)
-            return None
+            raise UsageError(f"cannot load C1 layout {name!r} from symbols/{LAYOUT_SUBPATH}: {exc}") from exc
         if not self.context.symbol_space.has_type(f"{table}!{LAYOUT_TYPE}"):
-            vollog.error("C1 layout %r declares no %r type; not used", name, LAYOUT_TYPE)
-            return None
+            raise UsageError(f"C1 layout {name!r} declares no {LAYOUT_TYPE!r} type")
         producer = self.context.symbol_space[table].producer.name
         vollog.info("C1 layout %r loaded (producer: %s)", name, producer)
         return table
@@ -349,22 +375,45 @@ class SpyEyeConfig(interfaces.plugins.PluginInterface):
             return renderers.NotAvailableValue()
         return handle.preferred_filename            # final name, set when the handler closes
 
+    @classmethod
+    def live_mutants(cls, context: interfaces.context.ContextInterface, kernel_module_name: str) -> Dict[str, int]:
+        """Lower-cased name -> offset of each named mutant object a pool scan finds
+        (``windows.mutantscan``'s scan)."""
+        mutants: Dict[str, int] = {}
+        for mutant in mutantscan.MutantScan.scan_mutants(context, kernel_module_name):
+            try:
+                name = mutant.get_name()
+            except (ValueError, exceptions.InvalidAddressException):
+                continue
+            if isinstance(name, str) and name:
+                mutants.setdefault(name.lower(), mutant.vol.offset)
+        return mutants
+
+    def _mutants(self) -> Dict[str, int]:
+        if self._live_mutants is None:
+            self._progress_callback(0.0, "Scanning the pool for mutant objects")
+            self._live_mutants = self.live_mutants(self.context, self.config["kernel"])
+        return self._live_mutants
+
     def _rows(self, proc_info: Tuple[int, str], vad: vadwalk.VadFacts, artifact: Artifact):
         pid, name = proc_info
+        if artifact.kind == "mutex_name":
+            confirm_mutex(artifact, self._mutants())
         level = logging.WARNING if artifact.score >= LOG_FLOOR else logging.DEBUG
         for warning in artifact.warnings:
-            vollog.log(level, "PID %d %s at %#x: %s", pid, artifact.kind, artifact.address, warning)
+            vollog.log(level, "PID %d %s at %#x: %s", pid, artifact.kind, artifact.address, text_cell(warning))
         na = renderers.NotApplicableValue()
-        head = (pid, name, format_hints.Hex(artifact.address))
-        yield 0, (*head, format_hints.Hex(vad.start), format_hints.Hex(vad.end), vad.protection, vad.private,
-                  vadwalk.optional(vad.file), artifact.kind, artifact.score, rating(artifact.score),
-                  "; ".join(artifact.reasons), self._dump(pid, artifact), na, na)
+        head = (pid, text_cell(name), format_hints.Hex(artifact.address), artifact.kind)
+        yield 0, (*head, na, na, artifact.score, rating(artifact.score), text_cell("; ".join(artifact.reasons)),
+                  format_hints.Hex(vad.start), format_hints.Hex(vad.end), vad.protection, vad.private,
+                  vadwalk.optional(vad.file and text_cell(vad.file)), self._dump(pid, artifact))
         fields = artifact.fields + [("warning", warning) for warning in artifact.warnings]
         for key, value in fields:
-            yield 1, (*head, na, na, na, na, na, artifact.kind, na, na, na, na, key, value)
+            if key in RAW_FIELDS and not self.config.get("raw"):
+                continue
+            yield 1, (*head, key, text_cell(value), *(na,) * 9)
 
-    def _generator(self):
-        layout_table = self._layout_table()
+    def _generator(self, layout_table: Optional[str]):
         patterns, _ = marker_patterns()
         spaces = vadwalk.process_spaces(self.context, self.config["kernel"], self.config.get("pid"),
                                         self.config.get("name"), self._progress_callback, "Decoding")
@@ -375,9 +424,9 @@ class SpyEyeConfig(interfaces.plugins.PluginInterface):
                 yield from self._rows(proc_info, vad, artifact)
 
     def run(self) -> renderers.TreeGrid:
-        columns = [("PID", int), ("Process", str), ("Address", format_hints.Hex), ("VAD Start", format_hints.Hex),
-                   ("VAD End", format_hints.Hex), ("Protection", str), ("Private", bool), ("File", str),
-                   ("Kind", str), ("Score", int), ("Confidence", str), ("Reason", str), ("Dump", str),
-                   ("Field", str), ("Value", str)]
-        return renderers.TreeGrid(columns, self._generator())
-
+        columns = [("PID", int), ("Process", str), ("Address", format_hints.Hex), ("Kind", str),
+                   ("Field", str), ("Value", str), ("Score", int), ("Confidence", str), ("Reason", str),
+                   ("VAD Start", format_hints.Hex), ("VAD End", format_hints.Hex), ("Protection", str),
+                   ("Private", bool), ("File", str), ("Dump", str)]
+        vadwalk.check_selection(self.context, self.config["kernel"], self.config.get("pid"), self.config.get("name"))
+        return renderers.TreeGrid(columns, self._generator(self._layout_table()))

@@ -9,6 +9,7 @@ from volatility3.framework.configuration import requirements
 from volatility3.plugins.windows import info, pslist
 
 from . import SUITE_VERSION, vadwalk
+from .output import text_cell
 
 vollog = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class Info(interfaces.plugins.PluginInterface):
 
     def _generator(self):
         for key, value in list(self._os_facts()) + list(self._process_facts()):
-            yield 0, (key, value)
+            yield 0, (key, text_cell(value))
 
     def run(self) -> renderers.TreeGrid:
         return renderers.TreeGrid([("Property", str), ("Value", str)], self._generator())

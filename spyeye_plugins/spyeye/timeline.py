@@ -850,6 +850,8 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
         after, before = self._bound("after"), self._bound("before")
         if after and before and after > before:
             raise UsageError(f"--after {after.isoformat()} is later than --before {before.isoformat()}")
+        vadwalk.check_selection(self.context, self.config["kernel"], self.config.get("pid"), self.config.get("name"),
+                                include_exited=True)
         return renderers.TreeGrid(columns, self._generator(sources, after, before))
 
 

@@ -11,8 +11,9 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 
 from volatility3.framework import exceptions, interfaces, renderers
 from volatility3.framework.configuration import requirements
-from volatility3.plugins.windows import pslist, vadinfo
+from volatility3.plugins.windows import pslist, psscan, vadinfo
 
+from .output import UsageError, text_cell
 from .pageread import PageTableReader
 
 vollog = logging.getLogger(__name__)
@@ -43,17 +44,64 @@ def process_filter_requirements() -> List[interfaces.configuration.RequirementIn
 
 def selected_processes(context: interfaces.context.ContextInterface, kernel_module_name: str,
                        pids: Optional[Sequence[int]], names: Optional[Sequence[str]]) -> list:
-    """Active processes matching ``--pid``/``--name``; logs each PID not found."""
-    pids = list(pids or [])
-    keep_name = name_filter(names)
-    procs = list(pslist.PsList.list_processes(
-        context, kernel_module_name,
-        filter_func=lambda p: (bool(pids) and p.UniqueProcessId not in pids) or keep_name(p)))
-    for pid in sorted(set(pids) - {int(p.UniqueProcessId) for p in procs}):
-        vollog.error("no process with PID %d in the active process list", pid)
-    if names and not procs:
-        vollog.error("no process named %s in the active process list", ", ".join(names))
-    return procs
+    """Active processes matching ``--pid`` and ``--name`` (both, when both are given).
+
+    Raises :class:`output.UsageError` when a PID is not in the active process list, a
+    name matches no active process, or no process has both: a bad command must not look
+    like a clean image.  Call it (or :func:`check_selection`) from ``run()``, so that the
+    error comes before any row."""
+    procs = list(pslist.PsList.list_processes(context, kernel_module_name))
+    problem = selection_problem([(int(p.UniqueProcessId), process_name(p)) for p in procs], pids, names,
+                                "the active process list")
+    if problem:
+        raise UsageError(problem)
+    wanted, drop_name = set(pids or []), name_filter(names)
+    return [p for p in procs if (not wanted or int(p.UniqueProcessId) in wanted) and not drop_name(p)]
+
+
+def selection_problem(known: Sequence[Tuple[int, str]], pids: Optional[Sequence[int]],
+                      names: Optional[Sequence[str]], where: str) -> Optional[str]:
+    """What is wrong with ``--pid``/``--name`` given the ``(pid, name)`` of the processes
+    in ``where``: an unknown PID, a name no process has, or no process with both; None
+    when every value selects something."""
+    pids, names = list(pids or []), list(names or [])
+    unknown = sorted(set(pids) - {pid for pid, _ in known})
+    if unknown:
+        return f"no process with PID {', '.join(map(str, unknown))} in {where}"
+    lowered = {name.lower() for _, name in known}
+    absent = [text_cell(name) for name in names if name.lower() not in lowered]
+    if absent:
+        return f"no process named {', '.join(absent)} in {where}"
+    wanted = {name.lower() for name in names}
+    if pids and names and not any(pid in pids and name.lower() in wanted for pid, name in known):
+        return (f"no process with PID {', '.join(map(str, pids))} and name "
+                f"{', '.join(map(text_cell, names))} in {where}")
+    return None
+
+
+def check_selection(context: interfaces.context.ContextInterface, kernel_module_name: str,
+                    pids: Optional[Sequence[int]], names: Optional[Sequence[str]],
+                    include_exited: bool = False) -> None:
+    """Raise :class:`output.UsageError` for a ``--pid``/``--name`` that selects no process.
+
+    Call it from a plugin's ``run()``, before the TreeGrid renders.  ``include_exited``
+    also accepts processes found only by a pool scan (``psscan``: exited or unlinked), for
+    plugins that report on them (the timeline); the scan runs only when the active list
+    does not answer."""
+    if not pids and not names:
+        return
+    if not include_exited:
+        selected_processes(context, kernel_module_name, pids, names)
+        return
+    known = [(int(p.UniqueProcessId), process_name(p))
+             for p in pslist.PsList.list_processes(context, kernel_module_name)]
+    if selection_problem(known, pids, names, "") is None:
+        return
+    known += [(int(p.UniqueProcessId), process_name(p))
+              for p in psscan.PsScan.scan_processes(context, kernel_module_name)]
+    problem = selection_problem(known, pids, names, "the active process list or the pool (psscan)")
+    if problem:
+        raise UsageError(problem)
 
 
 @dataclass

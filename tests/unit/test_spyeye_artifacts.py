@@ -403,3 +403,15 @@ def test_fuzz_known_strings(data):
     for found in sa.find_known_strings(data):
         assert found.kind in sa.KNOWN_STRINGS
         assert 0 <= sa.rate_known_string(found)[0] <= 100
+
+
+@pytest.mark.parametrize("text,name", [
+    ("\\BaseNamedObjects\\__CLEANSWEEP_RELOADCFG__", "__CLEANSWEEP_RELOADCFG__"),
+    ("\\Sessions\\1\\BaseNamedObjects\\__CLEANSWEEP__", "__CLEANSWEEP__"),
+    ("Global\\__SPYNET__", "__SPYNET__"),
+    ("local\\zXeRY3a_PtW7c1e", "zXeRY3a_PtW7c1e"),
+    ("__CLEANSWEEP_UNINSTALL__", "__CLEANSWEEP_UNINSTALL__"),
+    ("\\\\.\\pipe\\globpluginspipe", "\\\\.\\pipe\\globpluginspipe"),   # not an object namespace
+])
+def test_object_name_is_what_the_object_header_stores(text, name):
+    assert sa.object_name(text) == name

@@ -173,9 +173,15 @@ KNOWN_PREFIXES = ("zXeRY3a_PtW",)  # known names that builds extend with a suffi
 _OBJECT_NAMESPACE = re.compile(r"^(?:\\Sessions\\\d+)?(?:\\BaseNamedObjects\\|Global\\|Local\\)", re.I)
 
 
+def object_name(text: str) -> str:
+    """A kernel object's own name: ``text`` without a ``\\Sessions\\N\\BaseNamedObjects\\``,
+    ``Global\\`` or ``Local\\`` prefix (the object header stores only this last part)."""
+    return _OBJECT_NAMESPACE.sub("", text)
+
+
 def rate_known_string(found: FoundString) -> tuple[int, list[str]]:
     """Confidence (0-100) and reasons for a `find_known_strings` hit as a mutex or pipe name."""
-    name = _OBJECT_NAMESPACE.sub("", found.text)
+    name = object_name(found.text)
     names = KNOWN_STRINGS.get(found.kind or "", ())
     if name in names:
         score, reasons = 80, [f"exact SpyEye {found.kind} name (+80)"]
