@@ -86,6 +86,17 @@ def test_every_planted_target_and_its_region(every_hook, planted):
             assert row["Target Module"].lower() == region.split(":", 1)[1].lower(), _label(plant)
 
 
+def test_evidence_rows_repeat_the_hook_and_its_target(every_hook):
+    columns = ("PID", "Module", "Function", "Hook Address", "Target", "Target Module", "Region Start", "Region End")
+    high = [(row, children) for row, children in every_hook if row["Confidence"] == "high"]
+    assert high
+    for row, children in high:
+        assert children, f"{row['Function']}: no evidence rows"
+        for child in children:
+            assert [child[c] for c in columns] == [row[c] for c in columns]
+            assert child["Evidence"] and child["Protection"] == ""
+
+
 def test_jumps_into_injected_dll_name_the_export_at_the_target(every_hook, planted):
     injected = [p for p in planted if (p.get("target_region") or "").startswith("injected:")]
     assert injected

@@ -27,6 +27,8 @@ def _artifacts(rows: List[Dict]) -> Dict[Tuple[int, int], Dict]:
             out[(row["PID"], row["Address"])] = parent
         else:
             assert (row["PID"], row["Address"], row["Kind"]) == (parent["PID"], parent["Address"], parent["Kind"])
+            context = ("Score", "Confidence", "VAD Start", "VAD End", "Protection", "Private", "File")
+            assert [row[c] for c in context] == [parent[c] for c in context], "field rows repeat the context"
             parent["fields"][row["Field"]].append(row["Value"])
     return out
 

@@ -280,7 +280,7 @@ class SpyEyeConfig(interfaces.plugins.PluginInterface):
     """Finds and decodes SpyEye C1 blocks, stolen-data records, check-ins and other traces."""
 
     _required_framework_version = (2, 0, 0)
-    _version = (1, 1, 0)   # 1.1: mutex_name kind, confirm_mutex, live_mutants
+    _version = (1, 1, 1)   # 1.1: mutex_name kind, confirm_mutex, live_mutants; 1.1.1: field rows repeat the context
     _live_mutants: Optional[Dict[str, int]] = None   # scanned on the first mutex name, once per run
 
     @classmethod
@@ -404,14 +404,15 @@ class SpyEyeConfig(interfaces.plugins.PluginInterface):
             vollog.log(level, "PID %d %s at %#x: %s", pid, artifact.kind, artifact.address, text_cell(warning))
         na = renderers.NotApplicableValue()
         head = (pid, text_cell(name), format_hints.Hex(artifact.address), artifact.kind)
-        yield 0, (*head, na, na, artifact.score, rating(artifact.score), text_cell("; ".join(artifact.reasons)),
-                  format_hints.Hex(vad.start), format_hints.Hex(vad.end), vad.protection, vad.private,
-                  vadwalk.optional(vad.file and text_cell(vad.file)), self._dump(pid, artifact))
+        region = (format_hints.Hex(vad.start), format_hints.Hex(vad.end), vad.protection, vad.private,
+                  vadwalk.optional(vad.file and text_cell(vad.file)))
+        rated = (artifact.score, rating(artifact.score))
+        yield 0, (*head, na, na, *rated, text_cell("; ".join(artifact.reasons)), *region, self._dump(pid, artifact))
         fields = artifact.fields + [("warning", warning) for warning in artifact.warnings]
-        for key, value in fields:
+        for key, value in fields:       # a field row repeats its artifact's context, so each row stands alone
             if key in RAW_FIELDS and not self.config.get("raw"):
                 continue
-            yield 1, (*head, key, text_cell(value), *(na,) * 9)
+            yield 1, (*head, key, text_cell(value), *rated, "", *region, "")
 
     def _generator(self, layout_table: Optional[str]):
         patterns, _ = marker_patterns()

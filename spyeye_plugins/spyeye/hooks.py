@@ -198,7 +198,7 @@ class Hooks(interfaces.plugins.PluginInterface):
     """Reports inline, IAT, EAT and syscall-stub hooks and modified code in process modules."""
 
     _required_framework_version = (2, 0, 0)
-    _version = (1, 0, 0)
+    _version = (1, 0, 1)   # 1.0.1: evidence rows repeat the target
 
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
@@ -499,10 +499,9 @@ class Hooks(interfaces.plugins.PluginInterface):
         head = (view.pid, text_cell(view.name), text_cell(hook.module.name), text_cell(hook.function), hook.kind,
                 hook.technique, hook.confidence, format_hints.Hex(hook.address))
         region = hook.region
-        na = renderers.NotApplicableValue()
-        yield 0, (*head, _hex(hook.target), _text(hook.target_module), _text(hook.target_export),
-                  _hex(region.start if region else None), _hex(region.end if region else None),
-                  _text(region.protection if region else None), _text(_region_file(region)),
+        target = (_hex(hook.target), _text(hook.target_module), _text(hook.target_export),
+                  _hex(region.start if region else None), _hex(region.end if region else None))
+        yield 0, (*head, *target, _text(region.protection if region else None), _text(_region_file(region)),
                   _text(hook.importer), hook.raw.hex(), text_cell(hook.instructions),
                   known.tag if known else "", "confidence", text_cell(hook.reason))
         evidence = list(hook.evidence)
@@ -514,9 +513,9 @@ class Hooks(interfaces.plugins.PluginInterface):
         for address in records:
             evidence.append(("stolen record", f"spyeye.config decoded a record at {address:#x} in this process "
                                               f"with hooked_func {hook.function}"))
-        blank = (na, "", "", na, na, "", "", "", "", "", "")      # evidence rows fill only their own columns
+        blank = ("",) * 6             # evidence rows repeat the hook and its target, then their own columns
         for label, detail in evidence:
-            yield 1, (*head, *blank, text_cell(label), text_cell(detail))
+            yield 1, (*head, *target, *blank, text_cell(label), text_cell(detail))
 
     def run(self) -> renderers.TreeGrid:
         columns = [("PID", int), ("Process", str), ("Module", str), ("Function", str), ("Kind", str),
