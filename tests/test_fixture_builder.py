@@ -9,9 +9,7 @@ import pefile
 import pytest
 from volatility3.plugins.windows import pslist
 
-from fixtures.build import write_image
 from fixtures.pe_mapper import DLL_DIR
-from fixtures.scenarios import SCENARIOS
 from tests.vol_runner import construct
 
 
@@ -26,10 +24,13 @@ def built_os(request):
 
 
 def test_same_scenario_builds_the_same_bytes(tmp_path, built_os):
+    """``python -m fixtures build --scenario spyeye --os OS`` rebuilds the session's image exactly."""
+    from fixtures.__main__ import main
     os_name = built_os[1]["os"]
-    image, truth = write_image(SCENARIOS["spyeye"](os_name), tmp_path)
+    assert main(["build", "--scenario", "spyeye", "--os", os_name, "--out", str(tmp_path)]) == 0
+    image = tmp_path / built_os[0].name
     assert _digest(image) == _digest(built_os[0])
-    assert json.loads(truth.read_text()) == built_os[1]
+    assert json.loads(image.with_suffix(".truth.json").read_text()) == built_os[1]
 
 
 def test_straddling_plants_sit_on_physically_distant_pages(built_os):
