@@ -36,3 +36,30 @@ def win7_real_isf_image(tmp_path_factory) -> Tuple[Path, Dict]:
     if not REAL_WIN7_ISF.exists():
         pytest.skip(f"no real Windows 7 SP1 x64 ISF at {REAL_WIN7_ISF} (set SPYEYE_WIN7_ISF)")
     return _build(tmp_path_factory, "win7real", REAL_WIN7_ISF)
+
+
+# --- Windows 10 x64 (19041) images: fixtures.profiles "win10-x64" ---------------------------
+
+# the real 19041 kernel ISF (10.0.19041.2965): $SPYEYE_WIN10_ISF, else the one ../shared holds
+REAL_WIN10_ISF = Path(os.environ.get("SPYEYE_WIN10_ISF") or SHARED / "reference" / "symbols" / "windows" /
+                      "ntkrnlmp.pdb" / "89284D0CA6ACC8274B9A44BD5AF9290B-1.json.xz")
+
+
+def _build_os(tmp_path_factory, name: str, os_name: str, isf=None) -> Tuple[Path, Dict]:
+    out = tmp_path_factory.mktemp(name)
+    image, truth = write_image(SCENARIOS["spyeye"](os_name), out, isf)
+    return image, json.loads(truth.read_text())
+
+
+@pytest.fixture(scope="session")
+def win10_image(tmp_path_factory) -> Tuple[Path, Dict]:
+    """(image path, ground truth) of the default scenario on Windows 10 19041 x64, project ISF."""
+    return _build_os(tmp_path_factory, "win10", "win10-x64")
+
+
+@pytest.fixture(scope="session")
+def win10_real_isf_image(tmp_path_factory) -> Tuple[Path, Dict]:
+    """The same Windows 10 scenario built against the real 19041 kernel ISF."""
+    if not REAL_WIN10_ISF.exists():
+        pytest.skip(f"no real Windows 10 19041 x64 ISF at {REAL_WIN10_ISF} (set SPYEYE_WIN10_ISF)")
+    return _build_os(tmp_path_factory, "win10real", "win10-x64", REAL_WIN10_ISF)
