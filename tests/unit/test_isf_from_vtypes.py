@@ -9,7 +9,7 @@ from typing import Any, Dict
 
 import pytest
 from volatility3.framework import constants, contexts, objects, symbols
-from volatility3.framework.symbols.windows import WindowsKernelIntermedSymbols
+from volatility3.framework.symbols.windows import WindowsKernelIntermedSymbols, versions
 from volatility3.framework.symbols.windows.extensions import pool
 
 from fixtures import isf_from_vtypes as conv
@@ -192,10 +192,25 @@ def test_committed_pointers_bitfields_and_classes(committed):
     assert context.symbol_space.get_enumeration("k!_POOL_TYPE").choices["PagedPool"] == 1
 
 
+def test_volatility_version_checks(committed):
+    """The PE version in the metadata answers Volatility's version checks (the fallback
+    probes would call the Windows 7 subset "XP or 2003").  ``is_windows_7`` compares a
+    4-part version with ``(6, 1)`` upstream, so it is False for any table that has one."""
+    os_name, context, _ = committed
+    xp = os_name == "xp-x86"
+    assert versions.is_windows_xp(context, "k") is xp and versions.is_windows_xp_sp3(context, "k") is xp
+    assert versions.is_vista_or_later(context, "k") is not xp
+    assert not versions.is_2003(context, "k") and not versions.is_windows_8_or_later(context, "k")
+    assert not versions.is_windows_7(context, "k")
+
+
 def test_committed_identity_and_globals(committed):
     os_name, _, table = committed
-    pdb = json.loads(lzma.decompress(conv.table_path(ROOT / "symbols", os_name).read_bytes()))["metadata"]["windows"]["pdb"]
-    assert pdb == {"GUID": conv.PROFILES[os_name].guid, "age": 1, "database": "ntkrnlmp.pdb", "machine_type": 0x14C}
+    windows = json.loads(lzma.decompress(conv.table_path(ROOT / "symbols", os_name).read_bytes()))["metadata"]["windows"]
+    assert windows["pdb"] == {"GUID": conv.PROFILES[os_name].guid, "age": 1, "database": "ntkrnlmp.pdb",
+                              "machine_type": 0x14C}
+    assert windows["pe"] == {"win7-x86": {"major": 6, "minor": 1, "revision": 7601, "build": 17514},
+                             "xp-x86": {"major": 5, "minor": 1, "revision": 2600, "build": 5512}}[os_name]
     assert "ntkrnlmp" in constants.windows.KERNEL_MODULE_NAMES
     names = set(table.symbols)
     assert {"PsActiveProcessHead", "PsLoadedModuleList", "KdVersionBlock", "KdDebuggerDataBlock",
