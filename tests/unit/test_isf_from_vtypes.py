@@ -111,6 +111,28 @@ def test_volatility_reads_every_converted_type(converted, tmp_path):
                 assert template.vol.count == vtype[1], (name, field)
 
 
+def test_enum_names(converted):
+    """Named after the x64 table's enum with the same members, else after the first use."""
+    os_name, _, isf = converted
+    lookaside = isf["user_types"]["_GENERAL_LOOKASIDE"]["fields"]["Type"]["type"]
+    assert lookaside == {"kind": "enum", "name": "_POOL_TYPE"}
+    assert isf["enums"]["_POOL_TYPE"]["constants"]["NonPagedPoolSession"] == 32
+    named = [n for n in isf["enums"] if not n.startswith("__enum_")]
+    assert len(named) == {"win7-x86": 30, "xp-x86": 16}[os_name]
+    if os_name == "xp-x86":
+        proxy = isf["user_types"]["_SECURITY_TOKEN_PROXY_DATA"]["fields"]["ProxyClass"]["type"]["name"]
+        assert proxy == "__enum_SECURITY_TOKEN_PROXY_DATA_ProxyClass"
+
+
+def test_command_line_writes_the_table(converted, tmp_path):
+    from fixtures.__main__ import main
+    os_name = converted[0]
+    assert main(["isf-from-vtypes", "--from", str(SOURCES[os_name]), "--os", os_name, "--out", str(tmp_path),
+                 "--full"]) == 0
+    table = json.loads(lzma.decompress(conv.table_path(tmp_path, os_name).read_bytes()))
+    assert set(table["user_types"]) == set(converted[1]) and "PsActiveProcessHead" in table["symbols"]
+
+
 def test_union_rule(converted):
     """Every field at offset 0 makes a union; a union whose anonymous struct vtypes
     flattened (``_LARGE_INTEGER``: HighPart at 4) stays a struct, which Volatility reads alike."""
