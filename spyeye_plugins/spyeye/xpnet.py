@@ -49,8 +49,11 @@ def load_layouts(context: interfaces.context.ContextInterface, config_path: str)
     return {tag: struct_layout(context, f"{table}!{type_name}") for tag, (_, type_name) in TAGS.items()}
 
 
+Row = Tuple[bytes, NetObject, Optional[str], Optional[str]]
+
+
 def selected(found: Iterable[Tuple[bytes, NetObject]], names: Dict[int, Tuple[str, str]],
-             pids: Optional[Iterable[int]], wanted: Optional[Iterable[str]]) -> List[Tuple[bytes, NetObject, Optional[str], Optional[str]]]:
+             pids: Optional[Iterable[int]], wanted: Optional[Iterable[str]]) -> List[Row]:
     """(tag, object, owner name, where the name came from) for the objects ``--pid`` and
     ``--name`` select (both, when both are given), connections first, by offset."""
     pids, wanted = set(pids or []), {n.lower() for n in wanted or []}

@@ -228,7 +228,8 @@ def test_volatility_version_checks(committed):
 
 def test_committed_identity_and_globals(committed):
     os_name, _, table = committed
-    windows = json.loads(lzma.decompress(conv.table_path(ROOT / "symbols", os_name).read_bytes()))["metadata"]["windows"]
+    raw = lzma.decompress(conv.table_path(ROOT / "symbols", os_name).read_bytes())
+    windows = json.loads(raw)["metadata"]["windows"]
     assert windows["pdb"] == {"GUID": conv.PROFILES[os_name].guid, "age": 1, "database": "ntkrnlmp.pdb",
                               "machine_type": 0x14C}
     assert windows["pe"] == {"win7-x86": {"major": 6, "minor": 1, "revision": 7601, "build": 17514},
