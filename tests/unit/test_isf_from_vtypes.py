@@ -17,7 +17,6 @@ from fixtures import isf_from_vtypes as conv
 ROOT = Path(__file__).resolve().parents[2]
 VTYPES = ROOT.parent / "shared" / "reference" / "vtypes"
 SOURCES = {"win7-x86": VTYPES / "win7_sp1_x86_vtypes.py", "xp-x86": VTYPES / "xp_sp3_x86_vtypes.py"}
-NEEDS_SHARED = pytest.mark.skipif(not VTYPES.is_dir(), reason=f"no vtypes at {VTYPES}")
 
 
 @pytest.fixture(scope="module", params=sorted(SOURCES))
