@@ -245,3 +245,14 @@ def test_committed_identity_and_globals(committed):
     assert table.get_symbol("KdpDebuggerDataListHead").address - kdbg >= 0x400  # room for _KDDEBUGGER_DATA64
     head = table.get_symbol("PsActiveProcessHead").address
     assert (head, table.get_symbol("PsLoadedModuleList").address) == (conv.DATA_RVA, conv.DATA_RVA + 0x10)
+
+
+def test_volatility_finds_the_table_by_pdb_name_and_guid(committed):
+    """The lookup the kernel scan makes for an RSDS record naming ntkrnlmp.pdb with this GUID."""
+    from volatility3.framework.symbols.intermed import IntermediateSymbolTable
+
+    import spyeye_plugins.spyeye  # noqa: F401  (puts symbols/ on Volatility's path)
+    os_name = committed[0]
+    urls = list(IntermediateSymbolTable.file_symbol_url("windows", f"ntkrnlmp.pdb/{conv.PROFILES[os_name].guid}-1"))
+    assert [u.rsplit("/", 3)[1:] for u in urls] == [
+        ["windows", "ntkrnlmp.pdb", f"{conv.PROFILES[os_name].guid}-1.json.xz"]]
