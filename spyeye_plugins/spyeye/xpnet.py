@@ -101,12 +101,15 @@ class XpNet(interfaces.plugins.PluginInterface):
     @classmethod
     def scan(cls, context: interfaces.context.ContextInterface, kernel_name: str, config_path: str,
              progress_callback: Optional[Callable] = None) -> Iterator[Tuple[bytes, NetObject]]:
-        """(pool tag, decoded object) of every TCPT/TCPA pool block that decodes."""
+        """(pool tag, decoded object) of every non-paged or free TCPT/TCPA pool block, at
+        least header + object long, that decodes."""
         kernel = context.modules[kernel_name]
         layouts = load_layouts(context, config_path)
         physical = context.layers[kernel.layer_name].config["memory_layer"]
         header_size = kernel.get_type("_POOL_HEADER").size
-        constraints = [poolscanner.PoolConstraint(tag, type_name, size=(header_size + layouts[tag].size, None))
+        in_use_or_freed = poolscanner.PoolType.NONPAGED | poolscanner.PoolType.FREE
+        constraints = [poolscanner.PoolConstraint(tag, type_name, page_type=in_use_or_freed,
+                                                  size=(header_size + layouts[tag].size, None))
                        for tag, (_, type_name) in TAGS.items()]
         layer = context.layers[physical]
         for constraint, header in poolscanner.PoolScanner.pool_scan(

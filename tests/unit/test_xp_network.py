@@ -123,7 +123,7 @@ def _pool_block(nt: Layout, tag: bytes, body: bytes, pool_type: int, blocks: int
 
 
 def test_scan_finds_active_and_freed_blocks(layouts):
-    """Pool blocks at known physical offsets: in use, freed, garbage, and one too small."""
+    """Pool blocks at known physical offsets: in use, freed, garbage, one too small, one paged."""
     xp_table = table_path(PROJECT_SYMBOLS, "xp-x86")
     nt = Layout(xp_table, "xp")
     memory = bytearray(0x10000)
@@ -134,6 +134,7 @@ def test_scan_finds_active_and_freed_blocks(layouts):
         0x2000: _pool_block(nt, b"TCPA", _sock(layouts[b"TCPA"]), 1),
         0x2200: _pool_block(nt, b"TCPA", _sock(layouts[b"TCPA"], port=1900, proto=17, pid=1032), 0),
         0x2400: _pool_block(nt, b"TCPA", _sock(layouts[b"TCPA"], pid=8), 1, blocks=4),   # block too small
+        0x2600: _pool_block(nt, b"TCPA", _sock(layouts[b"TCPA"], pid=12), 2),            # paged pool
         0x3000: b"....TCPT....TCPA" * 4,                                                    # tags in plain data
     }
     for offset, blob in blocks.items():
