@@ -29,6 +29,9 @@ vollog = logging.getLogger(__name__)
 
 TABLE = "xp_tcpip_x86"                    # symbols/spyeye/xp_tcpip_x86.json
 TAGS = {b"TCPT": ("connection", "_TCPT_OBJECT"), b"TCPA": ("socket", "_ADDRESS_OBJECT")}
+COLUMNS = [("Offset(P)", format_hints.Hex), ("Proto", str), ("LocalAddr", str), ("LocalPort", int),
+           ("RemoteAddr", str), ("RemotePort", int), ("State", str), ("PID", int), ("Owner", str),
+           ("Created", datetime), ("Provenance", str)]
 
 
 def struct_layout(context: interfaces.context.ContextInterface, type_name: str) -> StructLayout:
@@ -142,18 +145,23 @@ class XpNet(interfaces.plugins.PluginInterface):
         return names
 
     # --- the plugin ---------------------------------------------------------------
+    @staticmethod
+    def row(tag: bytes, obj: NetObject, owner: Optional[str], origin: Optional[str]) -> tuple:
+        """One row of :data:`COLUMNS`."""
+        provenance = f"pool scan, {tag.decode()} block {'freed' if obj.freed else 'in use'}"
+        if origin:
+            provenance += f"; owner from {origin}"
+        return (format_hints.Hex(obj.offset), obj.proto, obj.local_addr, obj.local_port,
+                obj.remote_addr if obj.remote_addr is not None else "*", obj.remote_port or 0,
+                obj.state, obj.pid, text_cell(owner) if owner else renderers.NotAvailableValue(),
+                obj.created if obj.created else renderers.NotApplicableValue(), provenance)
+
     def _generator(self):
         kernel = self.config["kernel"]
         found = list(self.scan(self.context, kernel, self.config_path, self._progress_callback))
         names = self.owner_names(self.context, kernel, {obj.pid for _, obj in found})
-        for tag, obj, owner, origin in selected(found, names, self.config.get("pid"), self.config.get("name")):
-            provenance = f"pool scan, {tag.decode()} block {'freed' if obj.freed else 'in use'}"
-            if origin:
-                provenance += f"; owner from {origin}"
-            yield 0, (format_hints.Hex(obj.offset), obj.proto, obj.local_addr, obj.local_port,
-                      obj.remote_addr if obj.remote_addr is not None else "*", obj.remote_port or 0,
-                      obj.state, obj.pid, text_cell(owner) if owner else renderers.NotAvailableValue(),
-                      obj.created if obj.created else renderers.NotApplicableValue(), provenance)
+        for selection in selected(found, names, self.config.get("pid"), self.config.get("name")):
+            yield 0, self.row(*selection)
 
     def run(self) -> renderers.TreeGrid:
         """Non-XP images and bad ``--pid``/``--name`` fail here with one line."""
@@ -163,7 +171,4 @@ class XpNet(interfaces.plugins.PluginInterface):
             raise UsageError(problem)
         vadwalk.check_selection(self.context, kernel, self.config.get("pid"), self.config.get("name"),
                                 include_exited=True)
-        columns = [("Offset(P)", format_hints.Hex), ("Proto", str), ("LocalAddr", str), ("LocalPort", int),
-                   ("RemoteAddr", str), ("RemotePort", int), ("State", str), ("PID", int), ("Owner", str),
-                   ("Created", datetime), ("Provenance", str)]
-        return renderers.TreeGrid(columns, self._generator())
+        return renderers.TreeGrid(COLUMNS, self._generator())

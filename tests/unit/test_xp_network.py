@@ -171,3 +171,31 @@ def test_selection_by_pid_and_name(layouts):
     assert [o.pid for _, o, _, _ in xpnet.selected(found, names, None, ["EXPLORER.EXE"])] == [1484]
     assert xpnet.selected(found, names, [4], ["explorer.exe"]) == []
     assert [o.pid for _, o, _, _ in xpnet.selected(found, {}, [1484], None)] == [1484]
+
+
+def test_rows_render_as_json(layouts):
+    """Typed cells: every renderer gets them right (a socket's time, a connection's N/A)."""
+    import io
+    import json
+    from contextlib import redirect_stdout
+
+    from volatility3.cli import text_renderer
+    from volatility3.framework import renderers
+
+    conn = xn.decode_connection(_conn(layouts[b"TCPT"]), layouts[b"TCPT"], 0x1008, freed=True)
+    sock = xn.decode_socket(_sock(layouts[b"TCPA"]), layouts[b"TCPA"], 0x2008)
+    rows = [xpnet.XpNet.row(b"TCPT", conn, "cleansweep\t.exe", "psscan"), xpnet.XpNet.row(b"TCPA", sock, None, None)]
+    grid = renderers.TreeGrid(xpnet.COLUMNS, iter([(0, r) for r in rows]))
+    out = io.StringIO()
+    with redirect_stdout(out):
+        text_renderer.JsonRenderer().render(grid)
+    parsed = [{k: v for k, v in r.items() if k != "__children"} for r in json.loads(out.getvalue())]
+    assert parsed == [
+        {"Offset(P)": 0x1008, "Proto": "TCP", "LocalAddr": "192.168.1.10", "LocalPort": 1042,
+         "RemoteAddr": "91.211.117.12", "RemotePort": 80, "State": "connection (freed)", "PID": 1484,
+         "Owner": "cleansweep\\t.exe", "Created": None,
+         "Provenance": "pool scan, TCPT block freed; owner from psscan"},
+        {"Offset(P)": 0x2008, "Proto": "TCP", "LocalAddr": "0.0.0.0", "LocalPort": 445, "RemoteAddr": "*",
+         "RemotePort": 0, "State": "socket", "PID": 4, "Owner": None, "Created": CREATED.isoformat(),
+         "Provenance": "pool scan, TCPA block in use"},
+    ]
