@@ -29,10 +29,10 @@ from .report import Evidence, Finding, Indicator, Mark
 vollog = logging.getLogger(__name__)
 
 # points per reason; a "strong" reason alone makes a process infected (docs/triage.md)
-POINTS = {"spyeye image": 40, "injected image": 15, "resolver": 20, "hook into injected code": 30,
+POINTS = {"spyeye image": 40, "injected image": 15, "resolver": 20, "hook into injected image": 30,
           "hook": 20, "weak hook": 5, "artifact": 30, "weak artifact": 10, "injected-thread-start": 20,
           "thread-burst": 5, "connect-after-start": 10, "after-exit": 10, "event-log record": 5}
-STRONG = {"spyeye image", "hook into injected code", "artifact"}
+STRONG = {"spyeye image", "hook into injected image", "artifact"}
 RESOLVER_SCORE = 70          # spyeye.apiscore's score from which a region is a resolver
 ARTIFACT_HIGH, ARTIFACT_MEDIUM = 70, 30
 PROCESS_RULES = ("injected-thread-start", "thread-burst", "connect-after-start", "after-exit")
@@ -173,7 +173,8 @@ class Triage(interfaces.plugins.PluginInterface):
                            _resolver_evidence(result)))
         records_by_func = _hooked_funcs(artifacts)
         for hook in found_hooks:
-            key = ("hook into injected code" if hook.region is not None and view.candidates.get(hook.region.start)
+            into = view.candidates.get(hook.region.start) if hook.region is not None else None
+            key = ("hook into injected image" if into is not None and into.pe is not None
                    else "hook" if hook.confidence == "high" else "weak hook")
             scored.append((key, f"{hook.module.name}!{hook.function}", _hook_evidence(hook, records_by_func)))
         for artifact in artifacts:
@@ -385,7 +386,7 @@ def _verdict(space: Optional[Space], info: Dict, scored: List[Tuple[str, str, Ev
 
 
 _PLUGIN_OF = {"spyeye image": "spyeye.injected", "injected image": "spyeye.injected", "resolver": "spyeye.apiscore",
-              "hook into injected code": "spyeye.hooks", "hook": "spyeye.hooks", "weak hook": "spyeye.hooks",
+              "hook into injected image": "spyeye.hooks", "hook": "spyeye.hooks", "weak hook": "spyeye.hooks",
               "artifact": "spyeye.config", "weak artifact": "spyeye.config"}
 _PLUGIN_OF.update({rule: "spyeye.timeline" for rule in (*PROCESS_RULES, "event-log record")})
 
