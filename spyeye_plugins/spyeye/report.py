@@ -239,7 +239,7 @@ def timeline_svg(picture: Picture) -> str:
             if picture.window:
                 band = axis.axvspan(*picture.window, color="#f9e79f", alpha=0.6, zorder=0)
                 band.set_gid(f"{prefix}-infection-window")
-        _draw_marks(zoom, picture.marks, rows)
+        _draw_marks(zoom, picture.marks, rows, labels)
         zoom.set_xlim(*_zoom(picture))
         overview.set_title("Process lifelines (infection window shaded)", fontsize=9)
         zoom.set_title("Infection window: threads |, connections o, event-log records s, correlation flags *",
@@ -266,14 +266,15 @@ def _draw_lifelines(axis, picture: Picture, prefix: str, span: Optional[Tuple[da
         line.set_gid(f"{prefix}-{pid}")
 
 
-def _draw_marks(axis, marks: Sequence[Mark], rows: Dict[int, int]) -> None:
+def _draw_marks(axis, marks: Sequence[Mark], rows: Dict[int, int], labels: List[str]) -> None:
+    """Marks on their process's lifeline; event-log records (logged by no process shown) on a row above."""
     for kind, (marker, colour) in MARK_STYLE.items():
         points = [(m.time, rows.get(m.pid, -1)) for m in marks if m.kind == kind]
         if points:
             times, ys = zip(*points)
             dots = axis.scatter(times, ys, marker=marker, color=colour, s=40, zorder=3, label=kind)
             dots.set_gid(f"marks-{kind}")
-    axis.set_yticks(range(-1, len(rows)))
+    axis.set_yticks(range(-1, len(rows)), ["event logs", *labels], fontsize=7)
     if marks:
         axis.legend(loc="lower right", fontsize=7)
 
