@@ -31,8 +31,7 @@ def rows(out: str) -> int:
 def bench_image(image: Path, repeat: int, cache: Optional[Path]) -> None:
     warm_page_cache(image)
     with tempfile.TemporaryDirectory() as out_dir:
-        cases = {"spyeye.triage": vol("-o", out_dir, "-f", str(image), "spyeye.triage"),
-                 "spyeye.triage --no-files": vol("-f", str(image), "spyeye.triage", "--no-files")}
+        cases = {"spyeye.triage": vol("-o", out_dir, "-f", str(image), "spyeye.triage")}
         cases.update({name: vol("-f", str(image), *name.split()) for name in JOINED})
         cases["windows.pslist (start-up)"] = vol("-f", str(image), "windows.pslist", suite=False)
         cases = {name: isolated(cmd, cache) for name, cmd in cases.items()}
@@ -55,8 +54,7 @@ def bench_image(image: Path, repeat: int, cache: Optional[Path]) -> None:
               f"{rss[name]:.0f} |")
     print(f"| the {len(JOINED)} joined plugins, one after another | {joined:.1f} | | | |")
     net = (median["spyeye.triage"] - startup) / max(joined - len(JOINED) * startup, 1e-3)
-    print(f"\ntriage / joined plugins: **{median['spyeye.triage'] / joined:.2f}** wall "
-          f"({median['spyeye.triage --no-files'] / joined:.2f} with --no-files); "
+    print(f"\ntriage / joined plugins: **{median['spyeye.triage'] / joined:.2f}** wall; "
           f"{net:.2f} net of each run's start-up ({startup:.1f} s, windows.pslist)")
 
 
