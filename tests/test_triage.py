@@ -292,3 +292,14 @@ def test_report_in_headless_chromium(triage, tmp_path):
     assert len(re.findall(r'<tr class="infected"', dom)) == 4
     assert sorted(re.findall(r'<g id="lifeline-(\d+)"', dom)) == \
         sorted(set(re.findall(r'<tr class="\w+" data-pid="(\d+)"', dom)) - {"4"})
+
+
+def test_without_the_report_extra_rows_csv_and_report_still_come(win7_image, monkeypatch, caplog):
+    image, _ = win7_image
+    monkeypatch.setattr(plugin_module("spyeye.report"), "missing", lambda: ["stix2", "matplotlib"])
+    rows = run_plugin(image, PLUGIN, {"pid": [2356]})
+    assert rows[0]["Verdict"] == "infected"
+    files = FileCollector.files
+    assert sorted(n for n in files if not n.endswith(".dll")) == ["triage.html", "triage.iocs.csv"]
+    assert "No timeline picture (matplotlib missing)." in files["triage.html"].decode()
+    assert "no STIX bundle written: the stix2 library is missing (pip install spyeye-plugins[report])" in caplog.text
