@@ -303,3 +303,10 @@ def test_without_the_report_extra_rows_csv_and_report_still_come(win7_image, mon
     assert sorted(n for n in files if not n.endswith(".dll")) == ["triage.html", "triage.iocs.csv"]
     assert "No timeline picture (matplotlib missing)." in files["triage.html"].decode()
     assert "no STIX bundle written: the stix2 library is missing (pip install spyeye-plugins[report])" in caplog.text
+
+
+def test_one_process_gives_the_same_rows_as_two(win7_image):
+    """--jobs 1 (everything in this process) and the default (the timeline in a forked child)."""
+    image, _ = win7_image
+    config = {"pid": [1484, 2940], "no_files": True}
+    assert run_plugin(image, PLUGIN, {**config, "jobs": 1}) == run_plugin(image, PLUGIN, config)

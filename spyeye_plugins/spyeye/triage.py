@@ -13,10 +13,13 @@ from __future__ import annotations
 import collections
 import hashlib
 import logging
+import os
+import pickle
 import re
+import traceback
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, TypeVar
 
 from volatility3.framework import exceptions, interfaces, renderers
 from volatility3.framework.configuration import requirements
@@ -27,6 +30,7 @@ from .output import UsageError, text_cell
 from .report import Evidence, Finding, Indicator, Mark
 
 vollog = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # points per reason; a "strong" reason alone makes a process infected (docs/triage.md)
 POINTS = {"spyeye image": 40, "injected image": 15, "resolver": 20, "hook into injected image": 30,
@@ -83,6 +87,9 @@ class Triage(interfaces.plugins.PluginInterface):
                                             description="Write no indicators, images or report (rows only)"),
             requirements.IntRequirement(name="window", default=10, optional=True,
                                         description="Seconds after a process start in which a connection counts"),
+            requirements.IntRequirement(name="jobs", default=2, optional=True,
+                                        description="Processes to work in: 2 builds the timeline in a second "
+                                                    "process beside the memory analyses, 1 does all in this one"),
         ]
 
     # --- the shared walk ---------------------------------------------------------------------------
@@ -125,7 +132,7 @@ class Triage(interfaces.plugins.PluginInterface):
         return events, flags
 
     def _artifacts(self, spaces: Sequence[Space]) -> Dict[int, List[config.Artifact]]:
-        """spyeye.config's artifacts per PID, the VADs of every process scanned in one stream."""
+        """spyeye.config's artifacts by ``id()`` of each process's space."""
         patterns, _ = config.marker_patterns()
         found: Dict[int, List[config.Artifact]] = {}
         mutants: Optional[Dict[str, int]] = None
@@ -141,7 +148,7 @@ class Triage(interfaces.plugins.PluginInterface):
                     if mutants is None:
                         mutants = config.SpyEyeConfig.live_mutants(self.context, self.config["kernel"])
                     config.confirm_mutex(artifact, mutants)
-                found.setdefault(space.pid, []).append(artifact)
+                found.setdefault(id(space), []).append(artifact)
         return found
 
     def _hooks(self, space: Space, peers: hooks.PeerIndex, protect) -> Tuple[List[hooks.Hook], hooks.ProcessView]:
@@ -201,43 +208,78 @@ class Triage(interfaces.plugins.PluginInterface):
         protect = vadwalk.protection_values(self.context, kernel)
         peers = hooks.PeerIndex(self.context, listed, protect)
         spaces = self._spaces(procs, peers, {id(p) for p in listed}, {id(p) for p in readable}, protect)
-        events, flags = self._timeline(listed, scanned, readable, spaces, narrowed, protect)
+        timeline_result = self._beside(lambda: self._timeline(listed, scanned, readable, spaces, narrowed, protect))
         artifacts = self._artifacts(spaces)
-        infos = _process_infos(events)
-        counts = collections.Counter(s.name.lower() for s in spaces)
-        ambiguous = {name for name, count in counts.items() if count > 1}
-        findings: List[Finding] = []
-        extra: Dict[int, Tuple[Space, List[config.Artifact]]] = {}
+        memory = []
         for index, space in enumerate(spaces):
-            self._progress_callback(70.0 + 25.0 * index / max(len(spaces), 1), f"Joining the evidence of PID {space.pid}")
+            self._progress_callback(70.0 + 25.0 * index / max(len(spaces), 1), f"Hooks and resolvers in PID {space.pid}")
             found_hooks, view, resolvers = [], None, []
             if space.layer_name:
                 found_hooks, view = self._hooks(space, peers, protect)
                 resolvers = self._resolvers(space)
+            memory.append((space, artifacts.get(id(space), []), found_hooks, view, resolvers))
+        events, flags = timeline_result()
+        infos = _process_infos(events)
+        counts = collections.Counter(s.name.lower() for s in spaces)
+        ambiguous = {name for name, count in counts.items() if count > 1}
+        joined: List[Tuple[Finding, Space, List[config.Artifact]]] = []
+        for space, found, found_hooks, view, resolvers in memory:
             info = infos.get((space.pid, _created(space.proc)), {"ppid": None, "created": None, "exited": None})
-            finding, _ = self._judge(space, info, artifacts.get(space.pid, []), found_hooks, view, resolvers,
-                                     _flags_of(flags, space.pid), _records_naming(events, space, ambiguous),
-                                     _connections(events, space.pid))
-            findings.append(finding)
-            extra[space.pid] = (space, artifacts.get(space.pid, []))
-        for finding in findings:
+            finding, _ = self._judge(space, info, found, found_hooks, view, resolvers, _flags_of(flags, space.pid),
+                                     _records_naming(events, space, ambiguous), _connections(events, space.pid))
+            joined.append((finding, space, found))
             yield from _rows(finding)
         if not self.config.get("no_files"):
             self._progress_callback(95.0, "Writing the indicators and the report")
-            self._write_files(findings, extra, events, flags)
+            self._write_files(joined, events, flags)
 
-    def _write_files(self, findings: List[Finding], extra: Dict, events: List[timeline.Event],
-                     flags: List[timeline.Flag]) -> None:
+    def _beside(self, work: Callable[[], T]) -> Callable[[], T]:
+        """Run ``work`` in a forked child process while this one goes on (``--jobs 2``, where
+        ``os.fork`` exists); the returned function waits for its result.  The child reopens the
+        image file (a shared file offset would mix the two processes' reads)."""
+        if (self.config.get("jobs") or 1) < 2 or not hasattr(os, "fork"):
+            result = work()
+            return lambda: result
+        read_end, write_end = os.pipe()
+        child = os.fork()
+        if child == 0:                                       # pragma: no cover (runs in the child)
+            status = 1
+            try:
+                os.close(read_end)
+                _reopen_files(self.context)
+                self._progress_callback = lambda *_: None
+                data = pickle.dumps(work())
+                with os.fdopen(write_end, "wb") as out:
+                    out.write(data)
+                status = 0
+            except BaseException:                            # noqa: BLE001  (reported, then the parent redoes it)
+                traceback.print_exc()
+            finally:
+                os._exit(status)
+        os.close(write_end)
+
+        def wait() -> T:
+            with os.fdopen(read_end, "rb") as inp:
+                data = inp.read()
+            _, status = os.waitpid(child, 0)
+            if status == 0 and data:
+                return pickle.loads(data)
+            vollog.warning("the timeline's process failed (status %#x): doing its work here", status)
+            return work()
+        return wait
+
+    def _write_files(self, joined: List[Tuple[Finding, Space, List[config.Artifact]]],
+                     events: List[timeline.Event], flags: List[timeline.Flag]) -> None:
         capture = timeline.Timeline.capture_time(self.context, self.config["kernel"])
         indicators: List[Indicator] = []
-        for finding in findings:
+        for finding, space, artifacts in joined:
             if finding.verdict not in ("infected", "suspicious"):
                 continue
-            space, artifacts = extra[finding.pid]
             indicators += connection_indicators(_connections(events, finding.pid), finding.pid, finding.name)
             indicators += artifact_indicators(artifacts, finding.pid, finding.name)
             indicators += self._dump_images(space)
         indicators = list(dict.fromkeys(indicators))
+        findings = [finding for finding, _, _ in joined]
         self._write("triage.iocs.csv", report.indicators_csv(indicators).encode())
         absent = report.missing()
         if "stix2" in absent:
@@ -307,6 +349,20 @@ class Triage(interfaces.plugins.PluginInterface):
             raise UsageError(problem)
         wanted, drop = set(pids or []), vadwalk.name_filter(names)
         return [p for p in procs if (not wanted or int(p.UniqueProcessId) in wanted) and not drop(p)]
+
+
+def _reopen_files(context: interfaces.context.ContextInterface) -> None:
+    """Make each file layer open its file anew on its next read (in a forked child: the open
+    file's offset is shared with the parent).  The inherited file objects are kept, never closed."""
+    kept = []
+    for layer in context.layers.values():
+        if getattr(layer, "_file_", None) is not None:
+            kept.append(layer._file_)
+            layer._file_ = None
+    _INHERITED.extend(kept)
+
+
+_INHERITED: list = []
 
 
 # --------------------------------------------------------------------------- evidence
