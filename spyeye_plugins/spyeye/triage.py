@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import itertools
 import logging
 import os
 import pickle
@@ -132,23 +133,28 @@ class Triage(interfaces.plugins.PluginInterface):
         return events, flags
 
     def _artifacts(self, spaces: Sequence[Space]) -> Dict[int, List[config.Artifact]]:
-        """spyeye.config's artifacts by ``id()`` of each process's space."""
+        """spyeye.config's artifacts by ``id()`` of each process's space: every process's VADs
+        in one stream (reading overlaps matching, as in ``spyeye.config``)."""
         patterns, _ = config.marker_patterns()
         found: Dict[int, List[config.Artifact]] = {}
         mutants: Optional[Dict[str, int]] = None
-        for space in spaces:
-            if not space.layer_name:
-                continue
-            self._progress_callback(60.0, f"Decoding SpyEye artifacts in PID {space.pid}")
-            layer = self.context.layers[space.layer_name]
-            stream = vadsearch.VadSearch.scan_spaces(((space.pid, layer, v) for v in space.vads), patterns)
-            hits = ((vad, address, hit) for _, _, vad, address, hit in stream)
+        readable = [s for s in spaces if s.layer_name]
+
+        def vads():
+            for index, space in enumerate(readable):
+                self._progress_callback(20.0 + 20.0 * index / max(len(readable), 1),
+                                        f"Decoding SpyEye artifacts in PID {space.pid}")
+                layer = self.context.layers[space.layer_name]
+                yield from ((id(space), layer, vad) for vad in space.vads)
+        stream = vadsearch.VadSearch.scan_spaces(vads(), patterns)
+        for (key, layer), group in itertools.groupby(stream, key=lambda item: (item[0], item[1])):
+            hits = ((vad, address, hit) for _, _, vad, address, hit in group)
             for _, artifact in config.SpyEyeConfig.decode_hits(self.context, layer, hits):
                 if artifact.kind == "mutex_name":
                     if mutants is None:
                         mutants = config.SpyEyeConfig.live_mutants(self.context, self.config["kernel"])
                     config.confirm_mutex(artifact, mutants)
-                found.setdefault(id(space), []).append(artifact)
+                found.setdefault(key, []).append(artifact)
         return found
 
     def _hooks(self, space: Space, peers: hooks.PeerIndex, protect) -> Tuple[List[hooks.Hook], hooks.ProcessView]:
