@@ -128,16 +128,15 @@ def _bot_type():
     """The custom observable for a SpyEye bot GUID (STIX has none), defined once."""
     import stix2
     from stix2.properties import StringProperty
-    global _BOT
-    if _BOT is None:
-        @stix2.v21.CustomObservable("x-spyeye-bot", [("guid", StringProperty(required=True))], ["guid"])
-        class SpyEyeBot:
-            """A SpyEye bot, named by the GUID it reports (``USER!COMPUTER!ID``)."""
-        _BOT = SpyEyeBot
-    return _BOT
+    from stix2.registry import class_for_type
+    registered = class_for_type("x-spyeye-bot", "2.1", "observables")   # by another copy of this module
+    if registered is not None:
+        return registered
 
-
-_BOT = None
+    @stix2.v21.CustomObservable("x-spyeye-bot", [("guid", StringProperty(required=True))], ["guid"])
+    class SpyEyeBot:
+        """A SpyEye bot, named by the GUID it reports (``USER!COMPUTER!ID``)."""
+    return SpyEyeBot
 
 
 def _observables(item: Indicator) -> list:
