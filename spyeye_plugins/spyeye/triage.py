@@ -167,45 +167,14 @@ class Triage(interfaces.plugins.PluginInterface):
         bits = apiscore.ApiScore.process_bits(self.context, self.config["kernel"], space.proc)
         scored = []
         for region in apiscore.ApiScore.candidate_regions(space.candidates):
-            result = apiscore.ApiScore.score_region(self.context, region, bits)
+            try:
+                result = apiscore.ApiScore.score_region(self.context, region, bits)
+            except exceptions.InvalidAddressException as exc:
+                vollog.warning("PID %d region %#x unreadable: %s", space.pid, region.vad.start, exc)
+                continue
             if result.analysis.score >= RESOLVER_SCORE:
                 scored.append(result)
         return scored
-
-    # --- joining ---------------------------------------------------------------------------------
-    def _judge(self, space: Optional[Space], info: Dict, artifacts: List[config.Artifact],
-               found_hooks: List[hooks.Hook], view: Optional[hooks.ProcessView], resolvers: List[apiscore.Scored],
-               flags: List[timeline.Flag], records: List[timeline.Event],
-               connections: List[timeline.Event]) -> Tuple[Finding, List[str]]:
-        """The process's finding, and the kinds of points it scored."""
-        scored: List[Tuple[str, str, Evidence]] = []
-        for evidence, key in (_image_evidence(space.candidates) if space else []):
-            scored.append((key, evidence.detail, evidence))
-        for result in resolvers:
-            scored.append(("resolver", f"{result.analysis.score} at {result.region.vad.start:#x}",
-                           _resolver_evidence(result)))
-        records_by_func = _hooked_funcs(artifacts)
-        for hook in found_hooks:
-            into = view.candidates.get(hook.region.start) if hook.region is not None else None
-            key = ("hook into injected image" if into is not None and into.pe is not None
-                   else "hook" if hook.confidence == "high" else "weak hook")
-            scored.append((key, f"{hook.module.name}!{hook.function}", _hook_evidence(hook, records_by_func)))
-        for artifact in artifacts:
-            if artifact.score >= ARTIFACT_MEDIUM:
-                key = "artifact" if artifact.score >= ARTIFACT_HIGH else "weak artifact"
-                scored.append((key, f"{artifact.kind} at {artifact.address:#x}", _artifact_evidence(artifact)))
-        for flag in flags:
-            scored.append((flag.rule, flag.detail, Evidence("timeline", "spyeye.timeline", flag.rule, text_cell(flag.detail),
-                                                            time=flag.time)))
-        for event in records:
-            scored.append(("event-log record", event.detail, Evidence("timeline", "spyeye.timeline", "event-log record",
-                                                                      text_cell(event.detail), time=event.time)))
-        finding = _verdict(space, info, scored)
-        if finding.score:
-            finding.evidence += [Evidence("timeline", "spyeye.timeline", "connection", text_cell(e.detail), time=e.time)
-                                 for e in connections]
-            finding.evidence.sort(key=lambda e: report.STAGES.index(e.stage))
-        return finding, [key for key, _, _ in scored]
 
     # --- output ------------------------------------------------------------------------------------
     def _generator(self, listed: Sequence, scanned: Sequence, readable: Sequence, procs: Sequence):
@@ -231,8 +200,13 @@ class Triage(interfaces.plugins.PluginInterface):
         joined: List[Tuple[Finding, Space, List[config.Artifact]]] = []
         for space, found, found_hooks, view, resolvers in memory:
             info = infos.get((space.pid, _created(space.proc)), {"ppid": None, "created": None, "exited": None})
-            finding, _ = self._judge(space, info, found, found_hooks, view, resolvers, _flags_of(flags, space.pid),
-                                     _records_naming(events, space, ambiguous), _connections(events, space.pid))
+            scored = _memory_reasons(space, found, found_hooks, view, resolvers)
+            scored += _timeline_reasons(_flags_of(flags, space.pid), _records_naming(events, space, ambiguous))
+            finding = _verdict(space, info, scored)
+            if finding.score:
+                finding.evidence += [Evidence("timeline", "spyeye.timeline", "connection", text_cell(e.detail),
+                                              time=e.time) for e in _connections(events, space.pid)]
+                finding.evidence.sort(key=lambda e: report.STAGES.index(e.stage))
             joined.append((finding, space, found))
             yield from _rows(finding)
         if not self.config.get("no_files"):
@@ -374,6 +348,37 @@ _INHERITED: list = []
 # --------------------------------------------------------------------------- evidence
 
 
+Scored = List[Tuple[str, str, Evidence]]
+"""(kind of reason, what it rests on, the evidence row) of one process."""
+
+
+def _memory_reasons(space: Space, artifacts: List[config.Artifact], found_hooks: List[hooks.Hook],
+                    view: Optional[hooks.ProcessView], resolvers: List[apiscore.Scored]) -> Scored:
+    """What spyeye.injected, apiscore, hooks and config found in the process's memory."""
+    scored: Scored = [(key, evidence.detail, evidence) for evidence, key in _image_evidence(space.candidates)]
+    scored += [("resolver", f"{r.analysis.score} at {r.region.vad.start:#x}", _resolver_evidence(r)) for r in resolvers]
+    records = _hooked_funcs(artifacts)
+    for hook in found_hooks:
+        into = view.candidates.get(hook.region.start) if hook.region is not None else None
+        key = ("hook into injected image" if into is not None and into.pe is not None
+               else "hook" if hook.confidence == "high" else "weak hook")
+        scored.append((key, f"{hook.module.name}!{hook.function}", _hook_evidence(hook, records)))
+    for artifact in artifacts:
+        if artifact.score >= ARTIFACT_MEDIUM:
+            key = "artifact" if artifact.score >= ARTIFACT_HIGH else "weak artifact"
+            scored.append((key, f"{artifact.kind} at {artifact.address:#x}", _artifact_evidence(artifact)))
+    return scored
+
+
+def _timeline_reasons(flags: List[timeline.Flag], records: List[timeline.Event]) -> Scored:
+    """spyeye.timeline's correlation flags on the process and the event-log records naming it."""
+    scored: Scored = [(f.rule, f.detail, Evidence("timeline", "spyeye.timeline", f.rule, text_cell(f.detail),
+                                                  time=f.time)) for f in flags]
+    scored += [("event-log record", e.detail, Evidence("timeline", "spyeye.timeline", "event-log record",
+                                                       text_cell(e.detail), time=e.time)) for e in records]
+    return scored
+
+
 def _image_evidence(candidates: Sequence[injected.Candidate]) -> Iterable[Tuple[Evidence, str]]:
     for candidate in candidates:
         pe = candidate.pe
@@ -426,7 +431,7 @@ def _hooked_funcs(artifacts: Sequence[config.Artifact]) -> Dict[str, List[int]]:
     return found
 
 
-def _verdict(space: Optional[Space], info: Dict, scored: List[Tuple[str, str, Evidence]]) -> Finding:
+def _verdict(space: Space, info: Dict, scored: Scored) -> Finding:
     """Sum the points (each kind of reason counted once per process, its rows all listed)."""
     kinds: Dict[str, List[str]] = {}
     for key, what, _ in scored:
@@ -436,14 +441,13 @@ def _verdict(space: Optional[Space], info: Dict, scored: List[Tuple[str, str, Ev
     reasons = [f"{_PLUGIN_OF[key]}: {key} (+{POINTS[key]}): {_few(whats)}" for key, whats in kinds.items()]
     if any(key in STRONG for key in kinds):
         verdict = "infected"
-    elif space is None or not space.readable:
+    elif not space.readable:
         verdict = "unknown"
     else:
         verdict = "suspicious" if score else "clean"
     if verdict == "unknown":
         reasons.insert(0, "memory unreadable (no address space or no VAD)")
-    pid, name = (space.pid, space.name) if space else (0, "")
-    return Finding(pid, text_cell(name), info["ppid"], info["created"], info["exited"], verdict, score, reasons,
+    return Finding(space.pid, text_cell(space.name), info["ppid"], info["created"], info["exited"], verdict, score, reasons,
                    [evidence for _, _, evidence in scored])
 
 
