@@ -273,7 +273,7 @@ class Triage(interfaces.plugins.PluginInterface):
         else:
             svg = report.timeline_svg(picture(findings, events, flags, capture))
         page = report.html_report(findings, indicators, svg, "SpyEye triage",
-                                  [f"Image captured {capture.isoformat(sep=' ')}." if capture else ""])
+                                  [f"Image captured {capture.isoformat(sep=' ')}."] if capture else [])
         self._write("triage.html", page.encode())
 
     def _dump_images(self, space: Space) -> List[Indicator]:
