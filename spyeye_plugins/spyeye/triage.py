@@ -88,9 +88,9 @@ class Triage(interfaces.plugins.PluginInterface):
                                             description="Write no indicators, images or report (rows only)"),
             requirements.IntRequirement(name="window", default=10, optional=True,
                                         description="Seconds after a process start in which a connection counts"),
-            requirements.IntRequirement(name="jobs", default=2, optional=True,
+            requirements.IntRequirement(name="jobs", default=1, optional=True,
                                         description="Processes to work in: 2 builds the timeline in a second "
-                                                    "process beside the memory analyses, 1 does all in this one"),
+                                                    "process beside the memory analyses (idle cores only)"),
         ]
 
     # --- the shared walk ---------------------------------------------------------------------------
