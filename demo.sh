@@ -14,3 +14,9 @@ for plugin in spyeye.info windows.pslist "spyeye.timeline --correlate" \
   # shellcheck disable=SC2086
   "$VENV/bin/vol" -q -p spyeye_plugins -f "$IMAGE" $plugin
 done
+# One command for all of the above: a verdict per process, the evidence joined, indicators and a report
+mkdir -p out/triage
+echo "### vol -p spyeye_plugins -f $IMAGE -o out/triage spyeye.triage"
+"$VENV/bin/vol" -q -p spyeye_plugins -f "$IMAGE" -o out/triage spyeye.triage
+echo "Report: out/triage/triage.html (open it in a browser); indicators: out/triage/triage.stix.json (STIX 2.1)," \
+  "out/triage/triage.iocs.csv; dumped injected images: out/triage/pid.*.dll"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Iterator, List, Optional
+from typing import Iterable, Iterator, List, Optional
 
 from volatility3.framework import exceptions, interfaces, renderers, symbols
 from volatility3.framework.configuration import requirements
@@ -52,7 +52,7 @@ class ApiScore(interfaces.plugins.PluginInterface):
     """Scores executable regions for dynamic API resolution (PEB walk, export parsing, name hashes)."""
 
     _required_framework_version = (2, 0, 0)
-    _version = (1, 0, 0)
+    _version = (1, 1, 0)   # 1.1: candidate_regions
 
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
@@ -82,10 +82,8 @@ class ApiScore(interfaces.plugins.PluginInterface):
         (private executable VADs and flagged images); with ``all_exec`` every executable VAD;
         with ``address`` the VAD containing it."""
         if not all_exec and address is None:
-            for candidate in injected.InjectedImages.list_candidates(
-                    context, kernel_module_name, proc, protect_values, all_exec=True):
-                reasons = candidate.reasons if candidate.pe else candidate.reasons[:1]  # header evidence for PEs
-                yield Region(candidate.vad, candidate.layer_name, "; ".join(reasons), candidate.pe)
+            yield from cls.candidate_regions(injected.InjectedImages.list_candidates(
+                context, kernel_module_name, proc, protect_values, all_exec=True))
             return
         layer_name = vadwalk.process_layer(proc)
         if layer_name is None:
@@ -98,6 +96,13 @@ class ApiScore(interfaces.plugins.PluginInterface):
                 continue
             reason = f"contains {address:#x}" if address is not None else "executable VAD"
             yield Region(vad, layer_name, reason, cls.parse_pe(layer, vad))
+
+    @staticmethod
+    def candidate_regions(candidates: Iterable[injected.Candidate]) -> Iterator[Region]:
+        """The default regions: ``list_candidates(..., all_exec=True)``'s candidates."""
+        for candidate in candidates:
+            reasons = candidate.reasons if candidate.pe else candidate.reasons[:1]  # header evidence for PEs
+            yield Region(candidate.vad, candidate.layer_name, "; ".join(reasons), candidate.pe)
 
     @staticmethod
     def parse_pe(layer: interfaces.layers.DataLayerInterface, vad: vadwalk.VadFacts) -> Optional[MappedPE]:

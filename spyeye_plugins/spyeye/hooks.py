@@ -198,7 +198,7 @@ class Hooks(interfaces.plugins.PluginInterface):
     """Reports inline, IAT, EAT and syscall-stub hooks and modified code in process modules."""
 
     _required_framework_version = (2, 0, 0)
-    _version = (1, 0, 1)   # 1.0.1: evidence rows repeat the target
+    _version = (1, 1, 0)   # 1.0.1: evidence rows repeat the target; 1.1: process_view(candidates=)
 
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
@@ -217,10 +217,12 @@ class Hooks(interfaces.plugins.PluginInterface):
     @classmethod
     def process_view(cls, context: interfaces.context.ContextInterface, kernel_module_name: str, proc,
                      protect_values=None, with_injected: bool = True,
-                     vads: Optional[List[vadwalk.VadFacts]] = None) -> Optional[ProcessView]:
+                     vads: Optional[List[vadwalk.VadFacts]] = None,
+                     candidates: Optional[List[injected.Candidate]] = None) -> Optional[ProcessView]:
         """Modules of ``proc``: image VADs at loader-list bases (native and WoW64 lists) and,
         with ``with_injected``, the PE images ``spyeye.injected`` finds. None without an
-        address space. ``vads``: the process's VADs when already read."""
+        address space. ``vads``: the process's VADs when already read; ``candidates``: what
+        ``list_candidates(..., all_exec=True)`` gave for it, when already found."""
         pid, name = int(proc.UniqueProcessId), vadwalk.process_name(proc)
         layer_name = vadwalk.process_layer(proc)
         if layer_name is None:
@@ -234,15 +236,17 @@ class Hooks(interfaces.plugins.PluginInterface):
         if exe is not None:
             bases.add(exe)
         modules = [Module(module_name(v), v, True, read) for v in vads if v.start in bases and not v.private]
-        candidates: Dict[int, injected.Candidate] = {}
+        by_start: Dict[int, injected.Candidate] = {}
         if with_injected:
-            for candidate in injected.InjectedImages.list_candidates(context, kernel_module_name, proc,
-                                                                     protect_values, all_exec=True):
-                candidates[candidate.vad.start] = candidate
+            if candidates is None:
+                candidates = list(injected.InjectedImages.list_candidates(context, kernel_module_name, proc,
+                                                                          protect_values, all_exec=True, vads=vads))
+            for candidate in candidates:
+                by_start[candidate.vad.start] = candidate
                 if candidate.pe is not None and candidate.vad.start not in bases:
                     modules.append(Module(module_name(candidate.vad, candidate.pe), candidate.vad, False, read,
                                           "; ".join(candidate.reasons[:1])))
-        return ProcessView(pid, name, layer_name, vads, modules, candidates)
+        return ProcessView(pid, name, layer_name, vads, modules, by_start)
 
     # --- finding hooks (reusable) --------------------------------------------------------------
     @classmethod

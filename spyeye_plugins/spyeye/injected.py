@@ -171,7 +171,7 @@ class InjectedImages(interfaces.plugins.PluginInterface):
     """Lists PE images injected into process memory and their exports."""
 
     _required_framework_version = (2, 0, 0)
-    _version = (1, 1, 0)   # 1.1: --exports, verdict, capture_time, rebase on --dump
+    _version = (1, 2, 0)   # 1.1: --exports, verdict, capture_time, rebase on --dump; 1.2: vads=, image_file
 
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
@@ -188,11 +188,13 @@ class InjectedImages(interfaces.plugins.PluginInterface):
     # --- detection (reused by spyeye.apiscore) ---------------------------------------------
     @classmethod
     def list_candidates(cls, context: interfaces.context.ContextInterface, kernel_module_name: str,
-                        proc, protect_values=None, all_exec: bool = False) -> Iterator[Candidate]:
+                        proc, protect_values=None, all_exec: bool = False,
+                        vads: Optional[List[vadwalk.VadFacts]] = None) -> Iterator[Candidate]:
         """Regions of ``proc`` that may hold injected images, in address order.
 
         ``protect_values`` defaults to the kernel's (``VadInfo.protect_values``). With
-        ``all_exec`` every private executable VAD is a candidate, PE or not."""
+        ``all_exec`` every private executable VAD is a candidate, PE or not. ``vads``: the
+        process's VADs when already read."""
         pid = proc.UniqueProcessId
         if protect_values is None:
             protect_values = vadwalk.protection_values(context, kernel_module_name)
@@ -203,7 +205,7 @@ class InjectedImages(interfaces.plugins.PluginInterface):
         if lists is None and proc.Peb:
             vollog.warning("PID %s: PEB loader lists unreadable; image VADs not checked", pid)
         exe_base = main_image_base(proc)
-        for vad in vadwalk.process_vads(proc, protect_values):
+        for vad in vadwalk.process_vads(proc, protect_values) if vads is None else vads:
             reason = cls._vad_reason(vad, lists, exe_base)
             if reason is not None:
                 candidate = cls._inspect(context.layers[layer_name], layer_name, vad, reason, all_exec)
@@ -333,20 +335,27 @@ class InjectedImages(interfaces.plugins.PluginInterface):
     def dump_image(self, candidate: Candidate, pid: int) -> Tuple[str, str]:
         """Write the image in file layout, rebased to its VAD start; returns the file name
         and what was done to the image base."""
-        layer = self.context.layers[candidate.layer_name]
+        name, chunks, note = self.image_file(self.context, candidate, pid)
+        with self.open(name) as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+        return handle.preferred_filename, note      # final name, set when the handler closes
+
+    @classmethod
+    def image_file(cls, context: interfaces.context.ContextInterface, candidate: Candidate,
+                   pid: int) -> Tuple[str, Iterator[bytes], str]:
+        """(file name, the bytes ``--dump`` writes, in chunks, what was done to the image base)."""
+        layer = context.layers[candidate.layer_name]
         start = candidate.vad.start
         header_page = layer.read(start, min(vadwalk.PAGE, candidate.size), pad=True)
         header, size = file_layout_header(header_page, candidate.size)
         stem = re.sub(r"[^A-Za-z0-9_.-]", "_", re.sub(r"(?i)\.dll$", "", candidate.pe.dll_name or "image"))
-        chunks = self._image_chunks(layer, start, header, size, candidate.size)
+        chunks = cls._image_chunks(layer, start, header, size, candidate.size)
         note = f"image of {size:#x} bytes dumped as found (over {REBASE_LIMIT >> 20} MiB: not rebased)"
         if size <= REBASE_LIMIT:
             data, note = rebase_image(b"".join(chunks), start)
             chunks = iter((data,))
-        with self.open(f"pid.{pid}.{start:#x}.{stem}.dll") as handle:
-            for chunk in chunks:
-                handle.write(chunk)
-        return handle.preferred_filename, note      # final name, set when the handler closes
+        return f"pid.{pid}.{start:#x}.{stem}.dll", chunks, note
 
     @staticmethod
     def _image_chunks(layer, start: int, header: bytes, size: int, vad_size: int) -> Iterator[bytes]:

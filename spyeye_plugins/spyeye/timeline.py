@@ -59,6 +59,7 @@ class Event:
     start_in: Optional[Tuple[str, Optional[str]]] = None  # thread: (injected region, symbol) it starts at
     computer: Optional[str] = None          # event-log record: the Computer that logged it
     found_in: Optional[Tuple[int, str]] = None  # carved record: the process whose memory held it
+    peer: Optional[Tuple[str, int]] = None  # TCP connection: (remote address, remote port)
 
     def sort_key(self) -> Tuple:
         return (self.time, SOURCES.index(self.source), -1 if self.pid is None else self.pid,
@@ -280,11 +281,15 @@ def export_at(pe, address: int) -> str:
 class ProcessCode:
     """One process's VADs and the regions ``spyeye.injected`` flags in it (found on first use)."""
 
-    def __init__(self, context, kernel_name: str, proc, protect) -> None:
+    def __init__(self, context, kernel_name: str, proc, protect,
+                 vads: Optional[List[vadwalk.VadFacts]] = None,
+                 candidates: Optional[Sequence[injected.Candidate]] = None) -> None:
+        """``vads`` and ``candidates`` (``list_candidates(..., all_exec=True)``): when already found."""
         self._args = (context, kernel_name, proc, protect)
-        self.vads = list(vadwalk.process_vads(proc, protect))
+        self.vads = list(vadwalk.process_vads(proc, protect)) if vads is None else vads
         self._starts = [v.start for v in self.vads]
-        self._candidates: Optional[Dict[int, injected.Candidate]] = None
+        self._candidates: Optional[Dict[int, injected.Candidate]] = \
+            None if candidates is None else {c.vad.start: c for c in candidates}
 
     def vad_at(self, address: int) -> Optional[vadwalk.VadFacts]:
         index = bisect.bisect_right(self._starts, address) - 1
@@ -299,7 +304,7 @@ class ProcessCode:
         if self._candidates is None:
             context, kernel_name, proc, protect = self._args
             self._candidates = {c.vad.start: c for c in injected.InjectedImages.list_candidates(
-                context, kernel_name, proc, protect, all_exec=True)}
+                context, kernel_name, proc, protect, all_exec=True, vads=self.vads)}
         return self._candidates
 
     def thread_start(self, start: int, win32: int) -> Optional[Tuple[str, Optional[str]]]:
@@ -340,6 +345,10 @@ class ThreadStarts:
                 continue
         self._spaces: Dict[int, Optional[ProcessCode]] = {}      # by id() of the process object
 
+    def provide(self, proc, code: ProcessCode) -> None:
+        """Use ``code`` for ``proc`` (one of the processes given), built by the caller."""
+        self._spaces[id(proc)] = code
+
     def space(self, pid: int, created: Optional[datetime]) -> Optional[ProcessCode]:
         """The code map of the process ``pid`` that a thread created then belongs to (the
         latest one with that PID started by then: PIDs are reused)."""
@@ -378,7 +387,7 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
     """Exact timeline of processes, threads, sockets and carved event-log records."""
 
     _required_framework_version = (2, 0, 0)
-    _version = (1, 0, 0)
+    _version = (1, 1, 0)   # 1.1: ThreadStarts.provide, ProcessCode(vads=, candidates=), eventlog_events, Event.peer
 
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
@@ -553,7 +562,8 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
                     state = "state unreadable"
                 detail = (f"TCP{family} {obj.get_local_address()}:{obj.LocalPort} -> "
                           f"{obj.get_remote_address()}:{obj.RemotePort} {state}")
-                return [Event(when, "network", "connected", pid, process, detail, where)]
+                return [Event(when, "network", "connected", pid, process, detail, where,
+                              peer=(str(obj.get_remote_address()), int(obj.RemotePort)))]
             proto = "UDP" if isinstance(obj, network._UDP_ENDPOINT) else "TCP"
             state = "" if proto == "UDP" else " LISTENING"
             return [Event(when, "network", "listening", pid, process,
@@ -749,10 +759,17 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
     def _eventlog_events(self, readable: Sequence) -> List[Event]:
         """Rows of the records carved from ``readable`` processes (those ``--pid``/``--name``
         select) and from physical memory; those another computer logged are flagged."""
-        kernel = self.config["kernel"]
-        procs = self._carving_processes(readable)
         narrowed = bool(self.config.get("pid") or self.config.get("name"))
-        found = self.carve_event_logs(self.context, kernel, procs, not narrowed, self._progress_callback)
+        return self.eventlog_events(self.context, self.config["kernel"], readable,
+                                    self._carving_processes(readable), not narrowed, self._progress_callback)
+
+    @classmethod
+    def eventlog_events(cls, context: interfaces.context.ContextInterface, kernel_name: str, readable: Sequence,
+                        procs: Sequence, scan_physical: bool = True,
+                        progress: Optional[Callable] = None) -> List[Event]:
+        """Rows of the records carved from ``procs`` and (``scan_physical``) physical memory;
+        those a computer other than this one (told from ``readable``) logged are flagged."""
+        found = cls.carve_event_logs(context, kernel_name, procs, scan_physical, progress)
         machine = this_computer(readable, found)
         if machine is None and found:
             vollog.warning("this machine's name cannot be told from the event logs: Computer not checked")
@@ -760,7 +777,7 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
         events = []
         for item in found:
             _log_warnings(item, reported)
-            event = self.record_event(item)
+            event = cls.record_event(item)
             if event is None:
                 continue
             if machine and event.computer and not same_computer(event.computer, machine):
