@@ -2,8 +2,9 @@
 
 Code that finds its imports by walking the PEB loader lists and export tables and
 comparing name hashes with constants is a strong sign of malice. Each region is
-disassembled in its process's mode, a set of named traits is detected with the
-instructions that show them, and the traits' weights are summed into a 0-100 score
+disassembled in its process's mode and cut into functions; named traits are detected per
+function with the instructions that show them, and a region scores what its best window (a
+function and the functions it calls) scores, 0-100, with a confidence word
 (``parsers/api_traits.py``); hash constants are resolved to the API names they stand for
 (``parsers/api_hashes.py``)."""
 from __future__ import annotations
@@ -17,6 +18,7 @@ from volatility3.framework.configuration import requirements
 from volatility3.framework.renderers import format_hints
 
 from . import injected, vadwalk
+from .output import text_cell
 from .parsers import api_traits
 from .parsers.pe_image import MappedPE, inspect_header, parse_mapped_image
 
@@ -52,7 +54,7 @@ class ApiScore(interfaces.plugins.PluginInterface):
     """Scores executable regions for dynamic API resolution (PEB walk, export parsing, name hashes)."""
 
     _required_framework_version = (2, 0, 0)
-    _version = (1, 0, 0)
+    _version = (2, 0, 0)
 
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
@@ -131,12 +133,26 @@ class ApiScore(interfaces.plugins.PluginInterface):
         start = region.vad.start
         length = max(0, min(region.vad.end + 1 - start, max_bytes))
         code = vadwalk.read_range(layer, start, length)
-        pe = region.pe
-        bits = MACHINE_BITS.get(pe.machine, process_bits) if pe else process_bits
-        entries = cls.entry_points(pe, start, start + length) if pe else []
-        analysis = api_traits.analyse(code, start, bits, entries or None, max_bytes,
-                                      has_import_table=pe.has_import_table if pe else None)
-        return Scored(region, bits, length, "entry points" if entries else "linear sweep", analysis)
+        if region.pe:
+            bits = MACHINE_BITS.get(region.pe.machine, process_bits)
+            analysis = cls.analyse_image(code, region.pe, bits, max_bytes)
+            method = "entry points" if cls.entry_points(region.pe, start, start + length) else "linear sweep"
+        else:
+            bits, method = process_bits, "linear sweep"
+            analysis = api_traits.analyse(code, start, bits, None, max_bytes)
+        return Scored(region, bits, length, method, analysis)
+
+    @classmethod
+    def analyse_image(cls, code: bytes, pe: MappedPE, bits: int, max_bytes: int = DEFAULT_MAX_BYTES
+                      ) -> api_traits.Analysis:
+        """Score ``code`` (the first bytes of the mapped image ``pe``) from its entry point and
+        exports, naming functions after them (a pure function of bytes)."""
+        entries = cls.entry_points(pe, pe.base, pe.base + len(code))
+        names = {e.address: e.name for e in pe.exports if e.name and e.forwarder is None}
+        if pe.entry_point_rva:
+            names.setdefault(pe.base + pe.entry_point_rva, "entry point")
+        return api_traits.analyse(code, pe.base, bits, entries or None, max_bytes,
+                                  has_import_table=pe.has_import_table, names=names)
 
     @staticmethod
     def entry_points(pe: MappedPE, low: int, high: int) -> List[int]:
@@ -160,7 +176,7 @@ class ApiScore(interfaces.plugins.PluginInterface):
                                             bool(self.config.get("all_exec")), address):
                 found = True
                 scored = self._score(pid, region, bits, max_bytes)
-                if scored is None or scored.analysis.score < (self.config.get("min_score") or 0):
+                if scored is None or (scored.analysis.score or 0) < (self.config.get("min_score") or 0):
                     continue
                 yield 0, self._region_row(pid, name, scored)
                 if self.config.get("verbose"):
@@ -189,8 +205,10 @@ class ApiScore(interfaces.plugins.PluginInterface):
     def _region_row(self, pid: int, name: str, scored: Scored) -> tuple:
         analysis = scored.analysis
         na = renderers.NotApplicableValue()
-        return (*self._common(pid, name, scored), analysis.instructions, analysis.decoded, analysis.score,
-                ",".join(analysis.traits), ",".join(analysis.resolved_apis), na, na, na)
+        value = na if analysis.score is None else analysis.score
+        return (*self._common(pid, name, scored), analysis.instructions, analysis.decoded, value,
+                analysis.confidence, ",".join(analysis.traits), ",".join(analysis.resolved_apis),
+                vadwalk.optional(analysis.function and text_cell(analysis.function)), na, na, na)
 
     def _evidence_rows(self, pid: int, name: str, scored: Scored):
         na = renderers.NotApplicableValue()
@@ -201,13 +219,14 @@ class ApiScore(interfaces.plugins.PluginInterface):
                             pid, scored.region.vad.start, limit, len(evidence), trait)
             for item in evidence[:limit]:
                 apis = ",".join(hit.label for hit in item.hits)
-                yield 1, (*self._common(pid, name, scored), na, na, na, trait, apis,
-                          format_hints.Hex(item.address), item.instruction, item.detail)
+                yield 1, (*self._common(pid, name, scored), na, na, na, na, trait, apis,
+                          vadwalk.optional(item.function and text_cell(item.function) or None), format_hints.Hex(item.address),
+                          item.instruction, item.detail)
 
     def run(self) -> renderers.TreeGrid:
         columns = [("PID", int), ("Process", str), ("Start", format_hints.Hex), ("End", format_hints.Hex),
                    ("Protection", str), ("File", str), ("Reason", str), ("Mode", str), ("Method", str),
-                   ("Analysed", int), ("Instructions", int), ("Decoded", int), ("Score", int), ("Traits", str), ("APIs", str),
+                   ("Analysed", int), ("Instructions", int), ("Decoded", int), ("Score", int), ("Confidence", str), ("Traits", str), ("APIs", str), ("Function", str),
                    ("Address", format_hints.Hex), ("Instruction", str), ("Detail", str)]
         vadwalk.check_selection(self.context, self.config["kernel"], self.config.get("pid"), self.config.get("name"))
         max_bytes = self.config.get("max_bytes")
