@@ -28,7 +28,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fixtures.pe_mapper import map_image  # noqa: E402
-from spyeye_plugins.spyeye.apiscore import ApiScore  # noqa: E402
 from spyeye_plugins.spyeye.parsers import api_traits  # noqa: E402
 from spyeye_plugins.spyeye.parsers.pe_image import parse_mapped_image  # noqa: E402
 
@@ -128,7 +127,7 @@ def score_mapped(mapped: bytes, max_bytes: int, base: Optional[int] = None,
     bits = 64 if pe.machine == "x64" else 32
     if headerless:
         return api_traits.analyse(mapped[:max_bytes], pe.base, bits, None, max_bytes)
-    return ApiScore.analyse_image(mapped[:max_bytes], pe, bits, max_bytes)
+    return api_traits.analyse_image(mapped[:max_bytes], pe, bits, max_bytes)
 
 
 def planted(max_bytes: int) -> List[tuple]:

@@ -13,6 +13,11 @@ PLUGIN = "spyeye.apiscore.ApiScore"
 MODES = {32: "x86", 64: "x64"}
 
 
+ROOTS = {"apiscore-rol7xor-x86": 5, "apiscore-crc32-x86": 5}
+"""The smallest window that holds the whole chain starts at the entry, or just after an entry
+`call .base` (get-PC) for these."""
+
+
 def _plants(truth, role: str):
     return [p for p in truth["plants"] if p["label"].startswith("apiscore-") and p["meta"]["role"] == role]
 
@@ -41,7 +46,7 @@ def test_every_planted_resolver_scores_at_least_70_with_its_traits_and_apis(win7
     for plant in resolvers:
         row = _row(default_rows, plant)
         assert (row["Score"], row["Confidence"]) == (100, "high"), plant["label"]
-        assert row["Function"] == f"sub_{plant['va']:x}", plant["label"]  # the entry's window scores
+        assert row["Function"] == f"sub_{plant['va'] + ROOTS.get(plant['label'], 0):x}", plant["label"]
         assert set(row["Traits"].split(",")) == set(plant["meta"]["traits"]), plant["label"]
         assert row["APIs"].split(",") == plant["meta"]["apis"], plant["label"]
         assert row["Mode"] == MODES[plant["meta"]["bits"]]
@@ -50,7 +55,7 @@ def test_every_planted_resolver_scores_at_least_70_with_its_traits_and_apis(win7
 
 NEGATIVE_SCORES = {  # label: (score, traits, the function whose window scored)
     "apiscore-iat_calls-x64": (0, "", None), "apiscore-iat_calls-x86": (0, "", None),
-    "apiscore-compiled-x64": (5, "hash_loop,indirect_call", "sub_c0402d0"),
+    "apiscore-compiled-x64": (5, "hash_loop", "sub_c040580"),
     "apiscore-compiled-x86": (5, "hash_loop", "sub_c040270"),
     "apiscore-benign-dll-x64": (0, "", None),
 }
@@ -105,7 +110,7 @@ def test_evidence_rows_name_the_function_each_trait_was_found_in(win7_image):
     main, resolve, crc_name = (f"sub_{plant['va'] + offset:x}" for offset in (0x05, 0x53, 0xC1))
     assert functions == {"peb_access": {resolve}, "ldr_walk": {resolve}, "export_parsing": {resolve},
                          "hash_compare": {main}, "hash_loop": {crc_name}, "indirect_call": {main}}
-    assert rows[0]["Function"] == f"sub_{plant['va']:x}"  # the entry's window reaches all three
+    assert rows[0]["Function"] == main  # the smallest window that reaches all three
 
 
 def test_garbage_truncated_and_cut_regions_are_scored_without_crashing(win7_image, default_rows):
@@ -161,7 +166,7 @@ def test_json_output_carries_score_traits_and_apis(win7_image):
             "Analysed", "Instructions", "Decoded", "Score", "Confidence", "Traits", "APIs", "Function",
             "Address", "Instruction", "Detail"} <= set(row)
     assert (row["PID"], row["Start"], row["Mode"]) == (2356, plant["vad_start"], "x86")
-    assert (row["Score"], row["Confidence"], row["Function"]) == (100, "high", f"sub_{plant['va']:x}")
+    assert (row["Score"], row["Confidence"], row["Function"]) == (100, "high", f"sub_{plant['va'] + 5:x}")
     assert row["APIs"].split(",") == plant["meta"]["apis"]
 
 

@@ -135,31 +135,17 @@ class ApiScore(interfaces.plugins.PluginInterface):
         code = vadwalk.read_range(layer, start, length)
         if region.pe:
             bits = MACHINE_BITS.get(region.pe.machine, process_bits)
-            analysis = cls.analyse_image(code, region.pe, bits, max_bytes)
+            analysis = api_traits.analyse_image(code, region.pe, bits, max_bytes)
             method = "entry points" if cls.entry_points(region.pe, start, start + length) else "linear sweep"
         else:
             bits, method = process_bits, "linear sweep"
             analysis = api_traits.analyse(code, start, bits, None, max_bytes)
         return Scored(region, bits, length, method, analysis)
 
-    @classmethod
-    def analyse_image(cls, code: bytes, pe: MappedPE, bits: int, max_bytes: int = DEFAULT_MAX_BYTES
-                      ) -> api_traits.Analysis:
-        """Score ``code`` (the first bytes of the mapped image ``pe``) from its entry point and
-        exports, naming functions after them (a pure function of bytes)."""
-        entries = cls.entry_points(pe, pe.base, pe.base + len(code))
-        names = {e.address: e.name for e in pe.exports if e.name and e.forwarder is None}
-        if pe.entry_point_rva:
-            names.setdefault(pe.base + pe.entry_point_rva, "entry point")
-        return api_traits.analyse(code, pe.base, bits, entries or None, max_bytes,
-                                  has_import_table=pe.has_import_table, names=names)
-
     @staticmethod
     def entry_points(pe: MappedPE, low: int, high: int) -> List[int]:
         """The PE's entry point and code exports that lie in [low, high)."""
-        addresses = [pe.base + pe.entry_point_rva] if pe.entry_point_rva else []
-        addresses += [e.address for e in pe.exports if e.forwarder is None]
-        return sorted({a for a in addresses if low <= a < high})
+        return api_traits.image_entries(pe, low, high)
 
     # --- output --------------------------------------------------------------------------------
     def _generator(self, max_bytes: int):

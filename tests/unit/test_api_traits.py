@@ -655,3 +655,46 @@ def test_nothing_decoded_is_not_applicable_not_zero(code: bytes) -> None:
     result = analyse(code, BASE, 64)
     assert (result.instructions, result.score, result.confidence, result.function) == (0, None, "N/A", None)
     assert result.to_dict()["score"] is None
+
+
+# --- real compiled code (fixtures/realdlls: MSVC-built .pyd files from PyPI wheels) ------------
+
+REALDLLS = Path(__file__).resolve().parents[2] / "fixtures" / "realdlls"
+INJECTED_AT = 0x0D000000
+REAL_SCORES = {  # file: (bits, from entry point and exports, as headerless code: score, traits, function)
+    "_psutil_windows.pyd": (64, (0, [], None), (0, [], None)),
+    "_bitarray.cp311-win_amd64.pyd": (64, (0, [], None), (5, ["hash_loop", "indirect_call"], "sub_d00a450")),
+    "_xxhash.cp311-win32.pyd": (32, (0, [], None), (5, ["hash_loop"], "sub_d009d40")),
+    "_speedups.cp311-win32.pyd": (32, (0, [], None), (0, [], None)),
+}
+
+
+def _injected(name: str) -> tuple[bytes, "traits.MappedPE"]:
+    """The real DLL laid out as the loader maps it, relocated into private memory."""
+    from fixtures.pe_mapper import map_image
+    from spyeye_plugins.spyeye.parsers.pe_image import parse_mapped_image
+
+    image = map_image((REALDLLS / name).read_bytes(), INJECTED_AT)
+    return image, parse_mapped_image(lambda offset, n: image[offset:offset + n], len(image), INJECTED_AT)
+
+
+@pytest.mark.parametrize("name", sorted(REAL_SCORES))
+def test_real_compiled_dlls_score_low_from_their_exports_and_as_headerless_code(name: str) -> None:
+    bits, from_exports, headerless = REAL_SCORES[name]
+    image, pe = _injected(name)
+    assert (pe.machine, pe.has_import_table) == ({32: "x86", 64: "x64"}[bits], True)
+    for result, expected in ((traits.analyse_image(image, pe, bits), from_exports),
+                             (analyse(image, INJECTED_AT, bits), headerless)):
+        assert (result.score, list(result.traits), result.function) == expected
+        assert result.confidence == "low" and result.instructions > 200 and result.resolved_apis == ()
+
+
+@pytest.mark.parametrize("name", sorted(REAL_SCORES))
+def test_resolver_next_to_real_code_still_scores_by_itself(name: str) -> None:
+    bits, _, _ = REAL_SCORES[name]
+    image, _ = _injected(name)
+    blob = (FIXTURES / f"ror13_x{86 if bits == 32 else 64}.bin").read_bytes()
+    at = INJECTED_AT + len(image) + 0x1000  # the resolver a page after the image, in the same region
+    result = analyse(image + bytes(0x1000) + blob, INJECTED_AT, bits)
+    assert (result.score, result.function) == (100, f"sub_{at:x}")
+    assert result.resolved_apis == ROR13_APIS

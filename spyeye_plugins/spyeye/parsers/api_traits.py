@@ -17,6 +17,7 @@ from typing import Callable, NamedTuple, Optional, Sequence, Union
 import capstone
 
 from .api_hashes import MASK32, HashHit, HashIndex
+from .pe_image import MappedPE
 
 DEFAULT_MAX_BYTES = 0x100000
 """Bytes of a buffer decoded at most (about a second of work per MiB of code)."""
@@ -856,7 +857,7 @@ class Analysis:
 @dataclass(frozen=True)
 class Function:
     """A function's instructions [lo, hi) in the sorted list, its name, the traits found in
-    it and the indices of the functions it calls or tail-jumps to."""
+    it and the indices of the functions it branches to (calls, tail jumps, split-off blocks)."""
 
     name: str
     lo: int
@@ -867,8 +868,8 @@ class Function:
 
 def function_starts(insns: Sequence[Instruction], entries: Sequence[int]) -> list[int]:
     """Indices of function starts: the entries (or the first instruction), direct call targets,
-    and the first instruction after a return or jump (and any int3/nop padding) that follows
-    int3 padding or is 16-aligned."""
+    the first instruction after a gap in the decoded code, and the first after a return or
+    jump (and any int3/nop padding) that follows int3 padding or is 16-aligned."""
     index = {insn.address: i for i, insn in enumerate(insns)}
     starts = {index[a] for a in entries if a in index} or ({0} if insns else set())
     starts |= {index[i.target] for i in insns if i.flow == "call" and i.target in index}
@@ -878,8 +879,8 @@ def function_starts(insns: Sequence[Instruction], entries: Sequence[int]) -> lis
         if ended and not padding and (insn.address % 16 == 0 or insns[i - 1].mnemonic == "int3"):
             starts.add(i)
         ended = (ended and padding) or insn.flow in ("ret", "jump")
-        if ended and i + 1 < len(insns) and insns[i + 1].address != insn.address + insn.size:
-            starts.add(i + 1)  # a gap in the decoded code: what follows starts elsewhere
+        if i + 1 < len(insns) and insns[i + 1].address != insn.address + insn.size:
+            starts.add(i + 1)  # a gap (zero run, undecoded bytes): what follows starts elsewhere
             ended = False
     return sorted(starts)
 
@@ -902,13 +903,13 @@ def split_functions(ctx: Context, entries: Sequence[int], names: dict[int, str])
         found = {name: tuple(trait.detect(sub)) for name, trait in TRAITS.items()}
         name = names.get(insns[lo].address) or f"sub_{insns[lo].address:x}"
         callees = {position[i.target] for i in sub.instructions
-                   if i.flow in ("call", "jump") and i.target in position and position[i.target] != n}
+                   if i.target is not None and i.target in position and position[i.target] != n}
         functions.append(Function(name, lo, hi, {k: v for k, v in found.items() if v}, tuple(sorted(callees))))
     return functions
 
 
 def window(functions: Sequence[Function], root: int) -> list[int]:
-    """`root` and the functions it reaches by direct calls and jumps (breadth first, bounded)."""
+    """`root` and the functions it reaches by direct branches (breadth first, bounded)."""
     order, seen = [root], {root}
     for n in order:
         for callee in functions[n].callees:
@@ -929,8 +930,9 @@ def _window_traits(functions: Sequence[Function], members: Sequence[int]) -> dic
 
 
 def best_window(functions: Sequence[Function]) -> tuple[Optional[int], dict[str, tuple[Evidence, ...]]]:
-    """(root index, traits) of the highest-scoring window; the earliest root wins a tie."""
-    best: tuple[int, Optional[int], dict] = (0, None, {})
+    """(root index, traits) of the highest-scoring window; among equal scores the smallest
+    window (the most specific explanation), then the earliest root."""
+    best: tuple[int, int, Optional[int], dict] = (0, 0, None, {})
     reaching = {n for n, fn in enumerate(functions) if fn.traits}
     for root in range(len(functions)):
         if not reaching:
@@ -940,9 +942,9 @@ def best_window(functions: Sequence[Function]) -> tuple[Optional[int], dict[str,
             continue
         traits = _window_traits(functions, members)
         value = score(traits)[0]
-        if value > best[0]:
-            best = (value, root, traits)
-    return best[1], best[2]
+        if (value, -len(members)) > best[:2] or best[2] is None and value:
+            best = (value, -len(members), root, traits)
+    return best[2], best[3]
 
 
 def analyse(
@@ -969,3 +971,20 @@ def analyse(
     decoded = sum(insn.size for insn in insns)
     return Analysis(address, bits, len(insns), decoded, total if insns else None, breakdown, matched,
                     tuple(apis), functions[root].name if root is not None else None, len(functions))
+
+
+def image_entries(pe: MappedPE, low: int, high: int) -> list[int]:
+    """The PE's entry point and code exports that lie in [low, high)."""
+    addresses = [pe.base + pe.entry_point_rva] if pe.entry_point_rva else []
+    addresses += [e.address for e in pe.exports if e.forwarder is None]
+    return sorted({a for a in addresses if low <= a < high})
+
+
+def analyse_image(code: bytes, pe: MappedPE, bits: int, max_bytes: int = DEFAULT_MAX_BYTES) -> Analysis:
+    """Score `code`, the first bytes of the mapped image `pe`, by recursive descent from its
+    entry point and exports (functions named after them); by linear sweep when it has none."""
+    entries = image_entries(pe, pe.base, pe.base + len(code))
+    names = {e.address: e.name for e in pe.exports if e.name and e.forwarder is None}
+    if pe.entry_point_rva:
+        names.setdefault(pe.base + pe.entry_point_rva, "entry point")
+    return analyse(code, pe.base, bits, entries or None, max_bytes, pe.has_import_table, names)
