@@ -669,12 +669,12 @@ REAL_SCORES = {  # file: (bits, from entry point and exports, as headerless code
 }
 
 
-def _injected(name: str) -> tuple[bytes, "traits.MappedPE"]:
-    """The real DLL laid out as the loader maps it, relocated into private memory."""
+def _injected(name: str, folder: Path = REALDLLS) -> tuple[bytes, "traits.MappedPE"]:
+    """The DLL laid out as the loader maps it, relocated into private memory."""
     from fixtures.pe_mapper import map_image
     from spyeye_plugins.spyeye.parsers.pe_image import parse_mapped_image
 
-    image = map_image((REALDLLS / name).read_bytes(), INJECTED_AT)
+    image = map_image((folder / name).read_bytes(), INJECTED_AT)
     return image, parse_mapped_image(lambda offset, n: image[offset:offset + n], len(image), INJECTED_AT)
 
 
@@ -698,3 +698,17 @@ def test_resolver_next_to_real_code_still_scores_by_itself(name: str) -> None:
     result = analyse(image + bytes(0x1000) + blob, INJECTED_AT, bits)
     assert (result.score, result.function) == (100, f"sub_{at:x}")
     assert result.resolved_apis == ROR13_APIS
+
+
+DLLS = Path(__file__).resolve().parents[2] / "fixtures" / "dlls"
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("benign_x64.dll", 0), ("nspr4_x86.dll", 0), ("ntdll_x64.dll", 10), ("ntdll_x86.dll", 10),
+    ("spyplugin_x86.dll", 0), ("user32_x64.dll", 0), ("wininet_x86.dll", 0), ("ws2_32_x64.dll", 0),
+])
+def test_mingw_built_fixture_dlls_score_low_when_injected(name: str, expected: int) -> None:
+    image, pe = _injected(name, DLLS)
+    result = traits.analyse_image(image, pe, 64 if pe.machine == "x64" else 32)
+    assert result.score == expected  # 10: the ntdll look-alike has no import table, and nothing else
+    assert analyse(image, INJECTED_AT, 64 if pe.machine == "x64" else 32).score == 0
