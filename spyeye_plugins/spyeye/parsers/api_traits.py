@@ -872,40 +872,56 @@ def function_starts(insns: Sequence[Instruction], entries: Sequence[int]) -> lis
     jump (and any int3/nop padding) that follows int3 padding or is 16-aligned."""
     index = {insn.address: i for i, insn in enumerate(insns)}
     starts = {index[a] for a in entries if a in index} or ({0} if insns else set())
-    starts |= {index[i.target] for i in insns if i.flow == "call" and i.target in index}
-    ended = False
-    for i, insn in enumerate(insns):
-        padding = insn.mnemonic in ("int3", "nop")
-        if ended and not padding and (insn.address % 16 == 0 or insns[i - 1].mnemonic == "int3"):
-            starts.add(i)
-        ended = (ended and padding) or insn.flow in ("ret", "jump")
-        if i + 1 < len(insns) and insns[i + 1].address != insn.address + insn.size:
-            starts.add(i + 1)  # a gap (zero run, undecoded bytes): what follows starts elsewhere
-            ended = False
+    starts.update(index[i.target] for i in insns if i.target is not None and i.flow == "call" and i.target in index)
+    ends = [i.address + i.size for i in insns]
+    starts.update(k + 1 for k, (end, insn) in enumerate(zip(ends, insns[1:])) if end != insn.address)
+    for k in [k for k, insn in enumerate(insns) if insn.flow in ("ret", "jump")]:
+        j = k + 1
+        while j < len(insns) and insns[j].mnemonic in PADDING and ends[j - 1] == insns[j].address:
+            j += 1
+        if j < len(insns) and (insns[j].address % 16 == 0 or insns[j - 1].mnemonic == "int3"):
+            starts.add(j)
     return sorted(starts)
 
 
+PADDING = frozenset(("int3", "nop"))
+LOCAL = ("peb_access", "ldr_walk", "export_parsing")
+"""Traits whose structure chain must be complete inside one function."""
+
+
 def split_functions(ctx: Context, entries: Sequence[int], names: dict[int, str]) -> list[Function]:
-    """Cut the decoded instructions at function starts and find each function's traits."""
+    """Cut the decoded instructions at function starts and find each function's traits:
+    the structure chains per function, the other detectors once over the whole buffer with
+    their evidence assigned to the function that holds it."""
     insns = ctx.instructions
     starts = function_starts(insns, entries)
-    bounds = list(zip(starts, starts[1:] + [len(insns)]))
     if starts and starts[0] > 0:
-        bounds.insert(0, (0, starts[0]))
-    first_addresses = [insns[lo].address for lo, _ in bounds]
-    reads: list[list[tuple[Step, Evidence]]] = [[] for _ in bounds]
+        starts.insert(0, 0)
+    bounds = list(zip(starts, starts[1:] + [len(insns)]))
+    firsts = [insns[lo].address for lo, _ in bounds]
+    owner = lambda address: bisect.bisect_right(firsts, address) - 1  # noqa: E731
+    found: list[dict[str, list[Evidence]]] = [{} for _ in bounds]
+    for name in TRAITS:
+        if name not in LOCAL:
+            for ev in TRAITS[name].detect(ctx):
+                found[owner(ev.address)].setdefault(name, []).append(ev)
+    reads: dict[int, list[tuple[Step, Evidence]]] = {}
     for read in ctx.structure_reads:
-        reads[bisect.bisect_right(first_addresses, read[1].address) - 1].append(read)
-    position = {address: n for n, address in enumerate(first_addresses)}
-    functions = []
-    for n, (lo, hi) in enumerate(bounds):
-        sub = ctx.restrict(lo, hi, reads[n])
-        found = {name: tuple(trait.detect(sub)) for name, trait in TRAITS.items()}
-        name = names.get(insns[lo].address) or f"sub_{insns[lo].address:x}"
-        callees = {position[i.target] for i in sub.instructions
-                   if i.target is not None and i.target in position and position[i.target] != n}
-        functions.append(Function(name, lo, hi, {k: v for k, v in found.items() if v}, tuple(sorted(callees))))
-    return functions
+        reads.setdefault(owner(read[1].address), []).append(read)
+    for n, share in reads.items():
+        sub = ctx.restrict(*bounds[n], share)
+        for name in LOCAL:
+            evidence = TRAITS[name].detect(sub)
+            if evidence:
+                found[n][name] = evidence
+    callees: list[set[int]] = [set() for _ in bounds]
+    position = {address: n for n, address in enumerate(firsts)}
+    for address, target in [(i.address, i.target) for i in insns if i.target in position]:
+        callees[owner(address)].add(position[target])
+    return [Function(names.get(firsts[n]) or f"sub_{firsts[n]:x}", lo, hi,
+                     {name: tuple(found[n][name]) for name in TRAITS if name in found[n]},
+                     tuple(sorted(callees[n] - {n})))
+            for n, (lo, hi) in enumerate(bounds)]
 
 
 def window(functions: Sequence[Function], root: int) -> list[int]:
@@ -929,22 +945,36 @@ def _window_traits(functions: Sequence[Function], members: Sequence[int]) -> dic
     return {name: tuple(sorted(merged[name], key=lambda e: e.address)) for name in TRAITS if name in merged}
 
 
+def _roots(functions: Sequence[Function]) -> list[int]:
+    """Functions whose window can hold a trait: those with traits and their callers, callers'
+    callers … up to the window bound (a superset; the windows themselves are exact)."""
+    callers: dict[int, list[int]] = {}
+    for n, fn in enumerate(functions):
+        for callee in fn.callees:
+            callers.setdefault(callee, []).append(n)
+    frontier = [n for n, fn in enumerate(functions) if fn.traits]
+    seen = set(frontier)
+    for _ in range(MAX_WINDOW_FUNCTIONS - 1):
+        frontier = [c for n in frontier for c in callers.get(n, ()) if c not in seen]
+        if not frontier:
+            break
+        seen.update(frontier)
+    return sorted(seen)
+
+
 def best_window(functions: Sequence[Function]) -> tuple[Optional[int], dict[str, tuple[Evidence, ...]]]:
     """(root index, traits) of the highest-scoring window; among equal scores the smallest
     window (the most specific explanation), then the earliest root."""
-    best: tuple[int, int, Optional[int], dict] = (0, 0, None, {})
-    reaching = {n for n, fn in enumerate(functions) if fn.traits}
-    for root in range(len(functions)):
-        if not reaching:
-            break
+    best: tuple[int, int, Optional[int]] = (0, 0, None)
+    for root in _roots(functions):
         members = window(functions, root)
-        if not reaching.intersection(members):
-            continue
-        traits = _window_traits(functions, members)
-        value = score(traits)[0]
-        if (value, -len(members)) > best[:2] or best[2] is None and value:
-            best = (value, -len(members), root, traits)
-    return best[2], best[3]
+        names = {name: True for n in members for name in functions[n].traits}
+        value = score(names)[0] if names else 0
+        if value and (best[2] is None or (value, -len(members)) > best[:2]):
+            best = (value, -len(members), root)
+    if best[2] is None:
+        return None, {}
+    return best[2], _window_traits(functions, window(functions, best[2]))
 
 
 def analyse(
