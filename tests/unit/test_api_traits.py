@@ -712,3 +712,10 @@ def test_mingw_built_fixture_dlls_score_low_when_injected(name: str, expected: i
     result = traits.analyse_image(image, pe, 64 if pe.machine == "x64" else 32)
     assert result.score == expected  # 10: the ntdll look-alike has no import table, and nothing else
     assert analyse(image, INJECTED_AT, 64 if pe.machine == "x64" else 32).score == 0
+
+
+def test_function_starts_work_is_linear_in_long_int3_padding() -> None:
+    # ret, 199999 int3 (each a terminator), xor eax, eax; ret: one scan of the padding
+    insns = disassemble(b"\xc3" + b"\xcc" * 199_999 + b"\x31\xc0\xc3", BASE, 32)
+    starts = traits.function_starts(insns, [])
+    assert [insns[i].address - BASE for i in starts] == [0, 200_000]

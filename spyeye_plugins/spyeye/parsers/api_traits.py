@@ -875,11 +875,14 @@ def function_starts(insns: Sequence[Instruction], entries: Sequence[int]) -> lis
     starts.update(index[i.target] for i in insns if i.target is not None and i.flow == "call" and i.target in index)
     ends = [i.address + i.size for i in insns]
     starts.update(k + 1 for k, (end, insn) in enumerate(zip(ends, insns[1:])) if end != insn.address)
+    j, count = 0, len(insns)
     for k in [k for k, insn in enumerate(insns) if insn.flow in ("ret", "jump")]:
+        if k < j:
+            continue  # an int3 (a terminator) inside padding already skipped: linear, not quadratic
         j = k + 1
-        while j < len(insns) and insns[j].mnemonic in PADDING and ends[j - 1] == insns[j].address:
+        while j < count and insns[j].mnemonic in PADDING and ends[j - 1] == insns[j].address:
             j += 1
-        if j < len(insns) and (insns[j].address % 16 == 0 or insns[j - 1].mnemonic == "int3"):
+        if j < count and (insns[j].address % 16 == 0 or insns[j - 1].mnemonic == "int3"):
             starts.add(j)
     return sorted(starts)
 
