@@ -870,17 +870,22 @@ def function_starts(insns: Sequence[Instruction], entries: Sequence[int]) -> lis
     """Indices of function starts: the entries (or the first instruction), direct call targets,
     the first instruction after a gap in the decoded code, and the first after a return or
     jump (and any int3/nop padding) that follows int3 padding or is 16-aligned."""
-    index = {insn.address: i for i, insn in enumerate(insns)}
-    starts = {index[a] for a in entries if a in index} or ({0} if insns else set())
-    starts.update(index[i.target] for i in insns if i.target is not None and i.flow == "call" and i.target in index)
-    ends = [i.address + i.size for i in insns]
-    starts.update(k + 1 for k, (end, insn) in enumerate(zip(ends, insns[1:])) if end != insn.address)
+    addresses = [insn.address for insn in insns]
+
+    def at(address: int) -> Optional[int]:
+        k = bisect.bisect_left(addresses, address)
+        return k if k < len(addresses) and addresses[k] == address else None
+
+    starts = {k for k in map(at, entries) if k is not None} or ({0} if insns else set())
+    starts.update(k for k in map(at, [i.target for i in insns if i.flow == "call" and i.target is not None])
+                  if k is not None)
+    starts.update(k + 1 for k in range(len(insns) - 1) if insns[k].address + insns[k].size != addresses[k + 1])
     j, count = 0, len(insns)
     for k in [k for k, insn in enumerate(insns) if insn.flow in ("ret", "jump")]:
         if k < j:
             continue  # an int3 (a terminator) inside padding already skipped: linear, not quadratic
         j = k + 1
-        while j < count and insns[j].mnemonic in PADDING and ends[j - 1] == insns[j].address:
+        while j < count and insns[j].mnemonic in PADDING and j not in starts:  # padding, no gap
             j += 1
         if j < count and (insns[j].address % 16 == 0 or insns[j - 1].mnemonic == "int3"):
             starts.add(j)
@@ -903,11 +908,11 @@ def split_functions(ctx: Context, entries: Sequence[int], names: dict[int, str])
     bounds = list(zip(starts, starts[1:] + [len(insns)]))
     firsts = [insns[lo].address for lo, _ in bounds]
     owner = lambda address: bisect.bisect_right(firsts, address) - 1  # noqa: E731
-    found: list[dict[str, list[Evidence]]] = [{} for _ in bounds]
+    found: dict[int, dict[str, list[Evidence]]] = {}
     for name in TRAITS:
         if name not in LOCAL:
             for ev in TRAITS[name].detect(ctx):
-                found[owner(ev.address)].setdefault(name, []).append(ev)
+                found.setdefault(owner(ev.address), {}).setdefault(name, []).append(ev)
     reads: dict[int, list[tuple[Step, Evidence]]] = {}
     for read in ctx.structure_reads:
         reads.setdefault(owner(read[1].address), []).append(read)
@@ -916,14 +921,14 @@ def split_functions(ctx: Context, entries: Sequence[int], names: dict[int, str])
         for name in LOCAL:
             evidence = TRAITS[name].detect(sub)
             if evidence:
-                found[n][name] = evidence
-    callees: list[set[int]] = [set() for _ in bounds]
+                found.setdefault(n, {})[name] = evidence
+    callees: dict[int, set[int]] = {}
     position = {address: n for n, address in enumerate(firsts)}
     for address, target in [(i.address, i.target) for i in insns if i.target in position]:
-        callees[owner(address)].add(position[target])
+        callees.setdefault(owner(address), set()).add(position[target])
     return [Function(names.get(firsts[n]) or f"sub_{firsts[n]:x}", lo, hi,
-                     {name: tuple(found[n][name]) for name in TRAITS if name in found[n]},
-                     tuple(sorted(callees[n] - {n})))
+                     {name: tuple(found[n][name]) for name in TRAITS if name in found.get(n, ())},
+                     tuple(sorted(callees.get(n, set()) - {n})))
             for n, (lo, hi) in enumerate(bounds)]
 
 
