@@ -50,6 +50,11 @@ class Scored:
     analysis: api_traits.Analysis
 
 
+def _function_cell(name: Optional[str]):
+    """A function name (an export name read from memory: control characters escaped), or N/A."""
+    return vadwalk.optional(text_cell(name) if name else None)
+
+
 class ApiScore(interfaces.plugins.PluginInterface):
     """Scores executable regions for dynamic API resolution (PEB walk, export parsing, name hashes)."""
 
@@ -194,7 +199,7 @@ class ApiScore(interfaces.plugins.PluginInterface):
         value = na if analysis.score is None else analysis.score
         return (*self._common(pid, name, scored), analysis.instructions, analysis.decoded, value,
                 analysis.confidence, ",".join(analysis.traits), ",".join(analysis.resolved_apis),
-                vadwalk.optional(analysis.function and text_cell(analysis.function)), na, na, na)
+                _function_cell(analysis.function), na, na, na)
 
     def _evidence_rows(self, pid: int, name: str, scored: Scored):
         na = renderers.NotApplicableValue()
@@ -206,13 +211,14 @@ class ApiScore(interfaces.plugins.PluginInterface):
             for item in evidence[:limit]:
                 apis = ",".join(hit.label for hit in item.hits)
                 yield 1, (*self._common(pid, name, scored), na, na, na, na, trait, apis,
-                          vadwalk.optional(item.function and text_cell(item.function) or None), format_hints.Hex(item.address),
-                          item.instruction, item.detail)
+                          _function_cell(item.function), format_hints.Hex(item.address), item.instruction,
+                          item.detail)
 
     def run(self) -> renderers.TreeGrid:
         columns = [("PID", int), ("Process", str), ("Start", format_hints.Hex), ("End", format_hints.Hex),
                    ("Protection", str), ("File", str), ("Reason", str), ("Mode", str), ("Method", str),
-                   ("Analysed", int), ("Instructions", int), ("Decoded", int), ("Score", int), ("Confidence", str), ("Traits", str), ("APIs", str), ("Function", str),
+                   ("Analysed", int), ("Instructions", int), ("Decoded", int), ("Score", int), ("Confidence", str),
+                   ("Traits", str), ("APIs", str), ("Function", str),
                    ("Address", format_hints.Hex), ("Instruction", str), ("Detail", str)]
         vadwalk.check_selection(self.context, self.config["kernel"], self.config.get("pid"), self.config.get("name"))
         max_bytes = self.config.get("max_bytes")
