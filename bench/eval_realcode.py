@@ -145,7 +145,7 @@ def report(results: List[Result], missing: List[str], plants: List[tuple], secon
     scores = [r.score for r in scored]
     print(f"{len(results)} images ({len(scored)} scored, {len(results) - len(scored)} N/A) from "
           f"{len({(r.image.package, r.image.platform) for r in results})} wheels of "
-          f"{len({r.image.package for r in results})} packages, "
+          f"{len({r.image.package.partition('==')[0] for r in results})} packages, "
           f"{sum(r.size for r in results) / 2**20:.0f} MiB mapped, "
           f"{sum(r.instructions for r in results)} instructions decoded; analysis CPU {seconds:.0f} s\n")
     if missing:
