@@ -33,7 +33,7 @@ def totals(out: str) -> Dict[str, float]:
     return {"regions": len(rows), "read": sum(int(r["Analysed"]) for r in rows) / 1e6,
             "decoded": sum(int(r["Decoded"]) for r in rows) / 1e6,
             "instructions": sum(int(r["Instructions"]) for r in rows),
-            "high": sum(int(r["Score"]) >= 70 for r in rows)}
+            "high": sum(r["Score"].isdigit() and int(r["Score"]) >= 70 for r in rows)}
 
 
 def parser_only() -> None:
@@ -54,7 +54,7 @@ def parser_only() -> None:
         result = api_traits.analyse(code, 0x140001000, bits, max_bytes=len(code))
         seconds = time.process_time() - start
         print(f"| {name} | {seconds:.2f} | {len(code) / 1e6 / seconds if seconds else float('inf'):.2f} | "
-              f"{result.instructions} | {result.score} |")
+              f"{result.instructions} | {'N/A' if result.score is None else result.score} |")
 
 
 def main() -> None:

@@ -10,8 +10,12 @@ from spyeye_plugins.spyeye.parsers.api_hashes import hash_name
 from tests.vol_runner import run_cli, run_plugin
 
 PLUGIN = "spyeye.apiscore.ApiScore"
-STRONG = {"peb_access", "ldr_walk", "export_parsing", "hash_compare"}
 MODES = {32: "x86", 64: "x64"}
+
+
+ROOTS = {"apiscore-rol7xor-x86": 5, "apiscore-crc32-x86": 5}
+"""The smallest window that holds the whole chain starts at the entry, or just after an entry
+`call .base` (get-PC) for these."""
 
 
 def _plants(truth, role: str):
@@ -41,25 +45,30 @@ def test_every_planted_resolver_scores_at_least_70_with_its_traits_and_apis(win7
     assert len(resolvers) == 6
     for plant in resolvers:
         row = _row(default_rows, plant)
-        assert row["Score"] >= 70, plant["label"]
+        assert (row["Score"], row["Confidence"]) == (100, "high"), plant["label"]
+        assert row["Function"] == f"sub_{plant['va'] + ROOTS.get(plant['label'], 0):x}", plant["label"]
         assert set(row["Traits"].split(",")) == set(plant["meta"]["traits"]), plant["label"]
         assert row["APIs"].split(",") == plant["meta"]["apis"], plant["label"]
         assert row["Mode"] == MODES[plant["meta"]["bits"]]
         assert (row["End"], row["Method"]) == (plant["vad_end"], "linear sweep")
 
 
-def test_normal_code_and_the_compiler_built_dll_score_at_most_20(win7_image, default_rows):
+NEGATIVE_SCORES = {  # label: (score, traits, the function whose window scored)
+    "apiscore-iat_calls-x64": (0, "", None), "apiscore-iat_calls-x86": (0, "", None),
+    "apiscore-compiled-x64": (5, "hash_loop", "sub_c040580"),
+    "apiscore-compiled-x86": (5, "hash_loop", "sub_c040270"),
+    "apiscore-benign-dll-x64": (0, "", None),
+}
+
+
+def test_normal_code_and_the_compiler_built_dll_score_low(win7_image, default_rows):
     _, truth = win7_image
     negatives = _plants(truth, "negative")
-    assert {p["label"] for p in negatives} == {
-        "apiscore-iat_calls-x64", "apiscore-compiled-x64", "apiscore-iat_calls-x86",
-        "apiscore-compiled-x86", "apiscore-benign-dll-x64"}
+    assert {p["label"] for p in negatives} == set(NEGATIVE_SCORES)
     for plant in negatives:
         row = _row(default_rows, plant)
-        assert row["Score"] <= 20, plant["label"]
-        assert not STRONG & set(filter(None, row["Traits"].split(","))), plant["label"]
-        assert row["APIs"] == "" and row["Mode"] == MODES[plant["meta"]["bits"]]
-    assert _row(default_rows, _plant(truth, "apiscore-iat_calls-x64"))["Score"] == 0
+        assert (row["Score"], row["Traits"], row["Function"]) == NEGATIVE_SCORES[plant["label"]], plant["label"]
+        assert row["Confidence"] == "low" and row["APIs"] == "" and row["Mode"] == MODES[plant["meta"]["bits"]]
 
 
 def test_mapped_dll_is_decoded_from_its_entry_point_and_exports(win7_image, default_rows):
@@ -84,10 +93,24 @@ def test_evidence_rows_name_the_hash_pushes_and_their_apis(win7_image, default_r
         value = int.from_bytes(data[offset + 1:offset + 5], "little")
         assert row["Instruction"] == f"push {value:#x}"
         assert hash_name("rol7_xor", row["APIs"].split("!")[1]) == value
+        assert row["Function"] == f"sub_{plant['va'] + 5:x}"  # after `call .base` at the entry
     peb = [r for r in default_rows if r["__depth"] == 1 and r["Start"] == plant["vad_start"]
            and r["PID"] == plant["pid"] and r["Traits"] == "peb_access"]
     assert [r["Instruction"] for r in peb] == ["mov eax, dword ptr [eax + 0x30]"]
     assert bytes.fromhex("8b4030") == data[peb[0]["Address"] - plant["va"]:][:3]
+
+
+def test_evidence_rows_name_the_function_each_trait_was_found_in(win7_image):
+    image, truth = win7_image
+    plant = _plant(truth, "apiscore-crc32-x86")
+    rows = run_plugin(image, PLUGIN, {"pid": [2356], "address": plant["va"], "verbose": True})
+    functions = {}
+    for row in rows[1:]:
+        functions.setdefault(row["Traits"], set()).add(row["Function"])
+    main, resolve, crc_name = (f"sub_{plant['va'] + offset:x}" for offset in (0x05, 0x53, 0xC1))
+    assert functions == {"peb_access": {resolve}, "ldr_walk": {resolve}, "export_parsing": {resolve},
+                         "hash_compare": {main}, "hash_loop": {crc_name}, "indirect_call": {main}}
+    assert rows[0]["Function"] == main  # the smallest window that reaches all three
 
 
 def test_garbage_truncated_and_cut_regions_are_scored_without_crashing(win7_image, default_rows):
@@ -104,7 +127,7 @@ def test_huge_region_work_is_bounded_by_max_bytes(win7_image, default_rows):
     plant = _plant(truth, "apiscore-huge-x64")
     row = _row(default_rows, plant)
     assert plant["vad_end"] + 1 - plant["vad_start"] == plant["meta"]["region_size"] > DEFAULT_MAX_BYTES
-    assert row["Analysed"] == DEFAULT_MAX_BYTES and row["Score"] <= 20
+    assert row["Analysed"] == DEFAULT_MAX_BYTES and (row["Score"], row["Traits"]) == (5, "hash_loop")
     (small,) = run_plugin(image, PLUGIN, {"pid": [1484], "address": plant["va"] + 0x123456,
                                           "max_bytes": 0x4000})
     assert (small["Start"], small["Analysed"]) == (plant["vad_start"], 0x4000)
@@ -117,8 +140,11 @@ def test_clean_process_scores_low_in_every_executable_region(win7_image):
     rows = run_plugin(image, PLUGIN, {"pid": [2588], "all_exec": True})
     executable = {(v["start"], v["end"]) for v in truth["vads"]
                   if v["pid"] == 2588 and "EXECUTE" in v["protection"]}
-    assert {(r["Start"], r["End"]) for r in rows} == executable
-    assert len(executable) == 5 and all(r["Score"] <= 20 for r in rows)
+    assert {(r["Start"], r["End"]) for r in rows} == executable and len(executable) == 5
+    scores = {r["File"].rsplit("\\", 1)[-1]: (r["Score"], r["Confidence"], r["Traits"]) for r in rows}
+    assert scores == {  # the look-alike system DLLs' stubs are zeros: nothing to decode is N/A, not 0
+        "imgutil.dll": (0, "low", ""), "kernel32.dll": (None, "N/A", ""), "KERNELBASE.dll": (None, "N/A", ""),
+        "notepad.exe": (None, "N/A", ""), "ntdll.dll": (10, "low", "no_import_table")}
     dll = next(r for r in rows if r["File"].endswith("imgutil.dll"))
     assert dll["Method"] == "entry points" and dll["Instructions"] > 10 and dll["Mode"] == "x64"
 
@@ -137,10 +163,11 @@ def test_json_output_carries_score_traits_and_apis(win7_image):
                "--address", hex(plant["va"]))
     (row,) = json.loads(out.stdout)
     assert {"PID", "Process", "Start", "End", "Protection", "File", "Reason", "Mode", "Method",
-            "Analysed", "Instructions", "Decoded", "Score", "Traits", "APIs", "Address", "Instruction",
-            "Detail"} <= set(row)
+            "Analysed", "Instructions", "Decoded", "Score", "Confidence", "Traits", "APIs", "Function",
+            "Address", "Instruction", "Detail"} <= set(row)
     assert (row["PID"], row["Start"], row["Mode"]) == (2356, plant["vad_start"], "x86")
-    assert row["Score"] == 100 and row["APIs"].split(",") == plant["meta"]["apis"]
+    assert (row["Score"], row["Confidence"], row["Function"]) == (100, "high", f"sub_{plant['va'] + 5:x}")
+    assert row["APIs"].split(",") == plant["meta"]["apis"]
 
 
 @pytest.mark.parametrize("args,message", [

@@ -2,8 +2,9 @@
 
 Code that finds its imports by walking the PEB loader lists and export tables and
 comparing name hashes with constants is a strong sign of malice. Each region is
-disassembled in its process's mode, a set of named traits is detected with the
-instructions that show them, and the traits' weights are summed into a 0-100 score
+disassembled in its process's mode and cut into functions; named traits are detected per
+function with the instructions that show them, and a region scores what its best window (a
+function and the functions it calls) scores, 0-100, with a confidence word
 (``parsers/api_traits.py``); hash constants are resolved to the API names they stand for
 (``parsers/api_hashes.py``)."""
 from __future__ import annotations
@@ -17,6 +18,7 @@ from volatility3.framework.configuration import requirements
 from volatility3.framework.renderers import format_hints
 
 from . import injected, vadwalk
+from .output import text_cell
 from .parsers import api_traits
 from .parsers.pe_image import MappedPE, inspect_header, parse_mapped_image
 
@@ -48,11 +50,16 @@ class Scored:
     analysis: api_traits.Analysis
 
 
+def _function_cell(name: Optional[str]):
+    """A function name (an export name read from memory: control characters escaped), or N/A."""
+    return vadwalk.optional(text_cell(name) if name else None)
+
+
 class ApiScore(interfaces.plugins.PluginInterface):
     """Scores executable regions for dynamic API resolution (PEB walk, export parsing, name hashes)."""
 
     _required_framework_version = (2, 0, 0)
-    _version = (1, 1, 0)   # 1.1: candidate_regions
+    _version = (2, 1, 0)   # 2.0: scores per function window, Confidence/Function columns; 2.1: candidate_regions
 
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
@@ -136,19 +143,19 @@ class ApiScore(interfaces.plugins.PluginInterface):
         start = region.vad.start
         length = max(0, min(region.vad.end + 1 - start, max_bytes))
         code = vadwalk.read_range(layer, start, length)
-        pe = region.pe
-        bits = MACHINE_BITS.get(pe.machine, process_bits) if pe else process_bits
-        entries = cls.entry_points(pe, start, start + length) if pe else []
-        analysis = api_traits.analyse(code, start, bits, entries or None, max_bytes,
-                                      has_import_table=pe.has_import_table if pe else None)
-        return Scored(region, bits, length, "entry points" if entries else "linear sweep", analysis)
+        if region.pe:
+            bits = MACHINE_BITS.get(region.pe.machine, process_bits)
+            analysis = api_traits.analyse_image(code, region.pe, bits, max_bytes)
+            method = "entry points" if cls.entry_points(region.pe, start, start + length) else "linear sweep"
+        else:
+            bits, method = process_bits, "linear sweep"
+            analysis = api_traits.analyse(code, start, bits, None, max_bytes)
+        return Scored(region, bits, length, method, analysis)
 
     @staticmethod
     def entry_points(pe: MappedPE, low: int, high: int) -> List[int]:
         """The PE's entry point and code exports that lie in [low, high)."""
-        addresses = [pe.base + pe.entry_point_rva] if pe.entry_point_rva else []
-        addresses += [e.address for e in pe.exports if e.forwarder is None]
-        return sorted({a for a in addresses if low <= a < high})
+        return api_traits.image_entries(pe, low, high)
 
     # --- output --------------------------------------------------------------------------------
     def _generator(self, max_bytes: int):
@@ -165,7 +172,7 @@ class ApiScore(interfaces.plugins.PluginInterface):
                                             bool(self.config.get("all_exec")), address):
                 found = True
                 scored = self._score(pid, region, bits, max_bytes)
-                if scored is None or scored.analysis.score < (self.config.get("min_score") or 0):
+                if scored is None or (scored.analysis.score or 0) < (self.config.get("min_score") or 0):
                     continue
                 yield 0, self._region_row(pid, name, scored)
                 if self.config.get("verbose"):
@@ -194,8 +201,10 @@ class ApiScore(interfaces.plugins.PluginInterface):
     def _region_row(self, pid: int, name: str, scored: Scored) -> tuple:
         analysis = scored.analysis
         na = renderers.NotApplicableValue()
-        return (*self._common(pid, name, scored), analysis.instructions, analysis.decoded, analysis.score,
-                ",".join(analysis.traits), ",".join(analysis.resolved_apis), na, na, na)
+        value = na if analysis.score is None else analysis.score
+        return (*self._common(pid, name, scored), analysis.instructions, analysis.decoded, value,
+                analysis.confidence, ",".join(analysis.traits), ",".join(analysis.resolved_apis),
+                _function_cell(analysis.function), na, na, na)
 
     def _evidence_rows(self, pid: int, name: str, scored: Scored):
         na = renderers.NotApplicableValue()
@@ -206,13 +215,15 @@ class ApiScore(interfaces.plugins.PluginInterface):
                             pid, scored.region.vad.start, limit, len(evidence), trait)
             for item in evidence[:limit]:
                 apis = ",".join(hit.label for hit in item.hits)
-                yield 1, (*self._common(pid, name, scored), na, na, na, trait, apis,
-                          format_hints.Hex(item.address), item.instruction, item.detail)
+                yield 1, (*self._common(pid, name, scored), na, na, na, na, trait, apis,
+                          _function_cell(item.function), format_hints.Hex(item.address), item.instruction,
+                          item.detail)
 
     def run(self) -> renderers.TreeGrid:
         columns = [("PID", int), ("Process", str), ("Start", format_hints.Hex), ("End", format_hints.Hex),
                    ("Protection", str), ("File", str), ("Reason", str), ("Mode", str), ("Method", str),
-                   ("Analysed", int), ("Instructions", int), ("Decoded", int), ("Score", int), ("Traits", str), ("APIs", str),
+                   ("Analysed", int), ("Instructions", int), ("Decoded", int), ("Score", int), ("Confidence", str),
+                   ("Traits", str), ("APIs", str), ("Function", str),
                    ("Address", format_hints.Hex), ("Instruction", str), ("Detail", str)]
         vadwalk.check_selection(self.context, self.config["kernel"], self.config.get("pid"), self.config.get("name"))
         max_bytes = self.config.get("max_bytes")

@@ -78,7 +78,7 @@ class Triage(interfaces.plugins.PluginInterface):
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
         return vadwalk.kernel_requirements() + [
             requirements.VersionRequirement(name="injected", component=injected.InjectedImages, version=(1, 2, 0)),
-            requirements.VersionRequirement(name="apiscore", component=apiscore.ApiScore, version=(1, 1, 0)),
+            requirements.VersionRequirement(name="apiscore", component=apiscore.ApiScore, version=(2, 1, 0)),
             requirements.VersionRequirement(name="hooks", component=hooks.Hooks, version=(1, 1, 0)),
             requirements.VersionRequirement(name="config", component=config.SpyEyeConfig, version=(1, 1, 0)),
             requirements.VersionRequirement(name="vadsearch", component=vadsearch.VadSearch, version=(1, 1, 0)),
@@ -172,7 +172,7 @@ class Triage(interfaces.plugins.PluginInterface):
             except exceptions.InvalidAddressException as exc:
                 vollog.warning("PID %d region %#x unreadable: %s", space.pid, region.vad.start, exc)
                 continue
-            if result.analysis.score >= RESOLVER_SCORE:
+            if (result.analysis.score or 0) >= RESOLVER_SCORE:      # None: nothing decoded
                 scored.append(result)
         return scored
 

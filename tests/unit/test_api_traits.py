@@ -23,7 +23,7 @@ def detect(trait: str, code: bytes, bits: int = 32, has_import_table: bool | Non
     """Run one detector over `code` decoded by linear sweep at BASE."""
     insns = disassemble(code, BASE, bits)
     ctx = traits.Context(insns, bits, HashIndex.default(), has_import_table)
-    return traits.TRAITS[trait].detect(ctx)
+    return traits.WEIGHTS[trait].detect(ctx)
 
 
 # --- hash algorithms ---------------------------------------------------------
@@ -186,7 +186,10 @@ def test_max_bytes_bounds_the_decoded_bytes(code: bytes, max_bytes: int, bits: i
 @given(code=st.binary(max_size=2000), bits=st.sampled_from([32, 64]))
 def test_garbage_bytes_do_not_crash_and_score_in_range(code: bytes, bits: int) -> None:
     result = analyse(code, BASE, bits, entry_points=[BASE] if code[:1] == b"\x00" else None)
-    assert 0 <= result.score <= 100
+    if result.instructions:
+        assert 0 <= result.score <= 100 and result.confidence in ("high", "medium", "low")
+    else:
+        assert (result.score, result.confidence) == (None, "N/A")
 
 
 @pytest.mark.parametrize("cut", [1, 7, 50, 101, 150, 211])
@@ -376,18 +379,34 @@ def test_no_import_table_follows_the_caller_flag(flag: bool | None, found: int) 
 def test_score_sums_weights_of_matched_traits_only() -> None:
     ev = traits.Evidence(BASE, "nop", "x")
     assert traits.score({"peb_access": [ev], "hash_loop": [ev], "ldr_walk": []}) == (
-        40, {"peb_access": 25, "hash_loop": 15})
+        10, {"peb_access": 5, "hash_loop": 5})
+
+
+def test_a_chain_gives_the_other_traits_their_full_weight() -> None:
+    ev = traits.Evidence(BASE, "nop", "x")
+    assert traits.score({"peb_access": [ev], "ldr_walk": [ev], "hash_loop": [ev], "hash_compare": [ev]}) == (
+        70, {"peb_access": 10, "ldr_walk": 20, "hash_loop": 15, "hash_compare": 25})
 
 
 def test_score_is_capped_at_100() -> None:
     ev = traits.Evidence(BASE, "nop", "x")
-    total, breakdown = traits.score({name: [ev] for name in traits.TRAITS})
-    assert total == 100 and sum(breakdown.values()) > 100
+    total, breakdown = traits.score({name: [ev] for name in traits.WEIGHTS})
+    assert total == 100 and sum(breakdown.values()) == 110
 
 
-def test_weak_traits_alone_cannot_exceed_30() -> None:
+def test_every_trait_without_a_chain_stays_at_20() -> None:
     ev = traits.Evidence(BASE, "nop", "x")
-    assert traits.score({"hash_loop": [ev], "indirect_call": [ev], "no_import_table": [ev]})[0] == 30
+    weak = {name: [ev] for name in traits.WEIGHTS if name not in traits.CHAIN}
+    assert traits.score(weak) == (25, {"peb_access": 5, "hash_compare": 5, "hash_loop": 5, "indirect_call": 0,
+                                       "no_import_table": 10})
+    del weak["no_import_table"]
+    assert traits.score(weak)[0] == 15
+
+
+@pytest.mark.parametrize(("value", "word"), [(None, "N/A"), (0, "low"), (44, "low"), (45, "medium"),
+                                             (69, "medium"), (70, "high"), (100, "high")])
+def test_confidence_words(value, word) -> None:
+    assert traits.confidence(value) == word
 
 
 # --- fixture blobs -------------------------------------------------------------------
@@ -585,3 +604,118 @@ def test_compiled_code_is_analysed_in_work_bounded_by_max_bytes() -> None:
     assert len(code) - 0x100 < result.decoded <= len(code)
     half = analyse(code, 0x140001000, 64, max_bytes=len(code) // 2)
     assert half.instructions < result.instructions * 0.55
+
+
+# --- functions and windows -------------------------------------------------------------
+
+LDR_CHAIN = "64a130000000" "8b400c" "8b4014"  # fs:[0x30]; PEB->Ldr; ->InMemoryOrderModuleList
+EXPORTS = "8b433c" "8b440378" "01d8" "8b4818"  # e_lfanew; export directory; NumberOfNames
+
+
+def _padded(hex_code: str, size: int = 0x10) -> str:
+    """`hex_code` padded with int3 to `size` bytes, as compilers align functions."""
+    return hex_code + "cc" * (size - len(hex_code) // 2)
+
+
+def test_function_starts_are_entries_call_targets_and_code_after_padding() -> None:
+    # f: call g; ret; int3 padding | g (0x1010): nop; ret | h (0x1020, after padding): ret
+    code = bytes.fromhex(_padded("e80b000000" "c3") + _padded("90c3") + "c3")
+    insns = disassemble(code, BASE, 32)
+    starts = [insns[i].address for i in traits.function_starts(insns, [])]
+    assert starts == [BASE, BASE + 0x10, BASE + 0x20]
+
+
+def test_chain_split_over_unrelated_functions_scores_its_best_function_only() -> None:
+    # f (0x1000): PEB -> Ldr -> list; ret | g (0x1010): export parsing; ret; nothing calls g
+    code = bytes.fromhex(_padded(LDR_CHAIN + "c3") + _padded(EXPORTS + "c3"))
+    result = analyse(code, BASE, 32)
+    assert (result.score, result.confidence, result.function) == (30, "low", "sub_1000")
+    assert list(result.traits) == ["peb_access", "ldr_walk"] and result.functions == 2
+
+
+def test_chain_through_a_call_scores_the_caller_window() -> None:
+    # f: PEB -> Ldr -> list; call g; ret | g (0x1020): export parsing; ret
+    code = bytes.fromhex(_padded(LDR_CHAIN + "e80f000000" "c3", 0x20) + _padded(EXPORTS + "c3"))
+    result = analyse(code, BASE, 32, entry_points=[BASE], names={BASE: "Resolve"})
+    assert (result.score, result.confidence, result.function) == (55, "medium", "Resolve")
+    assert {ev.function for ev in result.traits["ldr_walk"]} == {"Resolve"}
+    assert {ev.function for ev in result.traits["export_parsing"]} == {"sub_1020"}
+
+
+def test_lone_peb_read_and_byte_mixing_loop_weigh_little() -> None:
+    # what system code has: mov eax, fs:[0x30] and a ror13-style checksum loop in one function
+    code = bytes.fromhex("64a130000000" "31c0acc1cf0d01c738e075f4" "c3")
+    result = analyse(code, BASE, 32)
+    assert (result.score, result.breakdown) == (10, {"peb_access": 5, "hash_loop": 5})
+    assert result.confidence == "low"
+
+
+@pytest.mark.parametrize("code", [b"", bytes(64), b"\xff\xff"])
+def test_nothing_decoded_is_not_applicable_not_zero(code: bytes) -> None:
+    result = analyse(code, BASE, 64)
+    assert (result.instructions, result.score, result.confidence, result.function) == (0, None, "N/A", None)
+    assert result.to_dict()["score"] is None
+
+
+# --- real compiled code (fixtures/realdlls: MSVC-built .pyd files from PyPI wheels) ------------
+
+REALDLLS = Path(__file__).resolve().parents[2] / "fixtures" / "realdlls"
+INJECTED_AT = 0x0D000000
+REAL_SCORES = {  # file: (bits, from entry point and exports, as headerless code: score, traits, function)
+    "_psutil_windows.pyd": (64, (0, [], None), (0, [], None)),
+    "_bitarray.cp311-win_amd64.pyd": (64, (0, [], None), (5, ["hash_loop", "indirect_call"], "sub_d00a450")),
+    "_xxhash.cp311-win32.pyd": (32, (0, [], None), (5, ["hash_loop"], "sub_d009d40")),
+    "_speedups.cp311-win32.pyd": (32, (0, [], None), (0, [], None)),
+}
+
+
+def _injected(name: str, folder: Path = REALDLLS) -> tuple[bytes, "traits.MappedPE"]:
+    """The DLL laid out as the loader maps it, relocated into private memory."""
+    from fixtures.pe_mapper import map_image
+    from spyeye_plugins.spyeye.parsers.pe_image import parse_mapped_image
+
+    image = map_image((folder / name).read_bytes(), INJECTED_AT)
+    return image, parse_mapped_image(lambda offset, n: image[offset:offset + n], len(image), INJECTED_AT)
+
+
+@pytest.mark.parametrize("name", sorted(REAL_SCORES))
+def test_real_compiled_dlls_score_low_from_their_exports_and_as_headerless_code(name: str) -> None:
+    bits, from_exports, headerless = REAL_SCORES[name]
+    image, pe = _injected(name)
+    assert (pe.machine, pe.has_import_table) == ({32: "x86", 64: "x64"}[bits], True)
+    for result, expected in ((traits.analyse_image(image, pe, bits), from_exports),
+                             (analyse(image, INJECTED_AT, bits), headerless)):
+        assert (result.score, list(result.traits), result.function) == expected
+        assert result.confidence == "low" and result.instructions > 200 and result.resolved_apis == ()
+
+
+@pytest.mark.parametrize("name", sorted(REAL_SCORES))
+def test_resolver_next_to_real_code_still_scores_by_itself(name: str) -> None:
+    bits, _, _ = REAL_SCORES[name]
+    image, _ = _injected(name)
+    blob = (FIXTURES / f"ror13_x{86 if bits == 32 else 64}.bin").read_bytes()
+    at = INJECTED_AT + len(image) + 0x1000  # the resolver a page after the image, in the same region
+    result = analyse(image + bytes(0x1000) + blob, INJECTED_AT, bits)
+    assert (result.score, result.function) == (100, f"sub_{at:x}")
+    assert result.resolved_apis == ROR13_APIS
+
+
+DLLS = Path(__file__).resolve().parents[2] / "fixtures" / "dlls"
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("benign_x64.dll", 0), ("nspr4_x86.dll", 0), ("ntdll_x64.dll", 10), ("ntdll_x86.dll", 10),
+    ("spyplugin_x86.dll", 0), ("user32_x64.dll", 0), ("wininet_x86.dll", 0), ("ws2_32_x64.dll", 0),
+])
+def test_mingw_built_fixture_dlls_score_low_when_injected(name: str, expected: int) -> None:
+    image, pe = _injected(name, DLLS)
+    result = traits.analyse_image(image, pe, 64 if pe.machine == "x64" else 32)
+    assert result.score == expected  # 10: the ntdll look-alike has no import table, and nothing else
+    assert analyse(image, INJECTED_AT, 64 if pe.machine == "x64" else 32).score == 0
+
+
+def test_function_starts_work_is_linear_in_long_int3_padding() -> None:
+    # ret, 199999 int3 (each a terminator), xor eax, eax; ret: one scan of the padding
+    insns = disassemble(b"\xc3" + b"\xcc" * 199_999 + b"\x31\xc0\xc3", BASE, 32)
+    starts = traits.function_starts(insns, [])
+    assert [insns[i].address - BASE for i in starts] == [0, 200_000]

@@ -11,12 +11,13 @@ from __future__ import annotations
 import bisect
 import functools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import capstone
 
 from .api_hashes import MASK32, HashHit, HashIndex
+from .pe_image import MappedPE
 
 DEFAULT_MAX_BYTES = 0x100000
 """Bytes of a buffer decoded at most (about a second of work per MiB of code)."""
@@ -347,9 +348,12 @@ class Evidence:
     instruction: str
     detail: str
     hits: tuple[HashHit, ...] = ()
+    function: str = ""
+    """The function it was found in (set when the buffer is split into functions)."""
 
     def to_dict(self) -> dict:
-        return {"address": self.address, "instruction": self.instruction, "detail": self.detail}
+        return {"address": self.address, "instruction": self.instruction, "detail": self.detail,
+                "function": self.function}
 
 
 def _evidence(insn: Instruction, detail: str, hits: tuple[HashHit, ...] = ()) -> Evidence:
@@ -571,9 +575,26 @@ class Context:
             found += StructureTracker(self.bits).run(self.instructions[lo:hi])
         return found
 
+    @functools.cached_property
+    def stored_slots(self) -> frozenset[int]:
+        """Absolute addresses the code writes with `mov [addr], ...` (pointer caches)."""
+        return frozenset(
+            _absolute(i, i.operands[0])
+            for i in self.instructions
+            if i.mnemonic == "mov" and i.operands and isinstance(i.operands[0], Mem)
+        ) - {None}
+
     def structure(self, trait: str) -> list[tuple[Step, Evidence]]:
         """Structure-field reads evidencing `trait`."""
         return [(step, ev) for step, ev in self.structure_reads if step.trait == trait]
+
+    def restrict(self, lo: int, hi: int, reads: list[tuple[Step, Evidence]]) -> "Context":
+        """The context of instructions [lo, hi) (one function) with its share `reads` of the
+        buffer's structure-field reads; stored pointer slots are the whole buffer's."""
+        sub = Context(self.instructions[lo:hi], self.bits, self.index, self.has_import_table)
+        sub.__dict__["structure_reads"] = reads
+        sub.__dict__["stored_slots"] = self.stored_slots
+        return sub
 
 
 def _is_root(insn: Instruction, segment: str) -> bool:
@@ -717,11 +738,7 @@ def _absolute(insn: Instruction, mem: Mem) -> Optional[int]:
 
 def indirect_call(ctx: Context) -> list[Evidence]:
     """call/jmp through a register, a register-based table, or a slot the code itself writes."""
-    written = {
-        _absolute(i, i.operands[0])
-        for i in ctx.instructions
-        if i.mnemonic == "mov" and i.operands and isinstance(i.operands[0], Mem)
-    }
+    written = ctx.stored_slots
     found = []
     for insn in ctx.instructions:
         if insn.flow not in ("call", "jump") or insn.target is not None or not insn.operands:
@@ -731,7 +748,7 @@ def indirect_call(ctx: Context) -> list[Evidence]:
             found.append(_evidence(insn, f"{insn.mnemonic} through a register"))
         elif isinstance(op, Mem) and op.base and op.base != "rip":
             found.append(_evidence(insn, f"{insn.mnemonic} through a register-based table"))
-        elif isinstance(op, Mem) and _absolute(insn, op) in written - {None}:
+        elif isinstance(op, Mem) and _absolute(insn, op) in written:
             found.append(_evidence(insn, f"{insn.mnemonic} through a pointer this code stores"))
     return found
 
@@ -747,48 +764,76 @@ def no_import_table(ctx: Context) -> list[Evidence]:
 class Trait(NamedTuple):
     detect: Callable[[Context], list[Evidence]]
     weight: int
+    """Weight when the scored window also holds a chain (`ldr_walk` or `export_parsing`)."""
+    alone: int
+    """Weight without one: what ordinary compiled code shows often weighs little."""
 
 
 TRAITS: dict[str, Trait] = {
-    # strong: code that reads these structures is locating modules by hand
-    "peb_access": Trait(peb_access, 25),
-    "ldr_walk": Trait(ldr_walk, 20),
-    "export_parsing": Trait(export_parsing, 20),
-    "hash_compare": Trait(hash_compare, 25),
+    # the chain: code that reads these structures is locating modules and exports by hand
+    "peb_access": Trait(peb_access, 10, 5),
+    "ldr_walk": Trait(ldr_walk, 20, 20),
+    "export_parsing": Trait(export_parsing, 25, 25),
+    "hash_compare": Trait(hash_compare, 25, 5),
     # weak: ordinary compiled code shows these too
-    "hash_loop": Trait(hash_loop, 15),
-    "no_import_table": Trait(no_import_table, 10),
-    "indirect_call": Trait(indirect_call, 5),
+    "hash_loop": Trait(hash_loop, 15, 5),
+    "indirect_call": Trait(indirect_call, 5, 0),
 }
+CHAIN = ("ldr_walk", "export_parsing")
+REGION_TRAITS: dict[str, Trait] = {
+    # facts of the whole region, added to its best window's score
+    "no_import_table": Trait(no_import_table, 10, 10),
+}
+WEIGHTS = {**TRAITS, **REGION_TRAITS}
+STRONG = frozenset(("peb_access", "ldr_walk", "export_parsing", "hash_compare"))
+RATINGS = ((70, "high"), (45, "medium"), (0, "low"))
+"""Confidence words: 45 is the most any real compiled image may score (issue 16)."""
+MAX_WINDOW_FUNCTIONS = 16
+"""A window is a function and the functions it calls directly or transitively, at most this many."""
 
 
 def score(traits: dict[str, Sequence[Evidence]]) -> tuple[int, dict[str, int]]:
-    """(0..100 score, {matched trait: weight}): the capped sum of `TRAITS` weights.
+    """(0..100 score, {matched trait: weight}) of one window's traits (region traits included).
 
-    The weak traits together (hash_loop: atoi and checksum loops; indirect_call:
-    vtables and switch tables; no_import_table: packed PEs) stay at 30, which is
-    what compiled code can reach. The structural chain PEB -> Ldr -> exports
-    (65) plus a hash loop or a resolved constant reaches 80 or more. A resolved
-    constant weighs as much as the PEB read: ~28k indexed values out of 2^32
-    (trivial ones excluded) make a chance match unlikely.
+    A trait weighs its full `weight` only when the window also walks the loader lists or
+    parses an export table (`CHAIN`); otherwise its `alone` weight. So PEB read, byte-mixing
+    loop and a constant that happens to match a hash (what compiled system code has) reach 15,
+    while PEB -> Ldr -> exports -> name loop in one window reaches 80 before any constant.
     """
-    breakdown = {name: TRAITS[name].weight for name, evidence in traits.items() if evidence}
+    chained = any(traits.get(name) for name in CHAIN)
+    breakdown = {name: WEIGHTS[name].weight if chained else WEIGHTS[name].alone
+                 for name, evidence in traits.items() if evidence}
     return min(100, sum(breakdown.values())), breakdown
+
+
+def confidence(value: Optional[int]) -> str:
+    """high / medium / low for a score, N/A when nothing was decoded."""
+    if value is None:
+        return "N/A"
+    return next(word for floor, word in RATINGS if value >= floor)
 
 
 @dataclass(frozen=True)
 class Analysis:
-    """The verdict for one code buffer: score, why, and which APIs its constants name."""
+    """The verdict for one code buffer: the score of its best window, why, and which APIs
+    its constants name. `score` is None when no instruction could be decoded."""
 
     address: int
     bits: int
     instructions: int
     decoded: int
     """Bytes covered by the decoded instructions."""
-    score: int
+    score: Optional[int]
     breakdown: dict[str, int]
     traits: dict[str, tuple[Evidence, ...]]
     resolved_apis: tuple[str, ...]
+    function: Optional[str] = None
+    """The function whose window scored best (None when no window matched any trait)."""
+    functions: int = 0
+
+    @property
+    def confidence(self) -> str:
+        return confidence(self.score)
 
     def to_dict(self) -> dict:
         return {
@@ -796,11 +841,148 @@ class Analysis:
             "bits": self.bits,
             "instructions": self.instructions,
             "decoded": self.decoded,
+            "functions": self.functions,
             "score": self.score,
+            "confidence": self.confidence,
+            "function": self.function,
             "breakdown": dict(self.breakdown),
             "traits": {name: [ev.to_dict() for ev in evs] for name, evs in self.traits.items()},
             "resolved_apis": list(self.resolved_apis),
         }
+
+
+# --- functions and windows ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Function:
+    """A function's instructions [lo, hi) in the sorted list, its name, the traits found in
+    it and the indices of the functions it branches to (calls, tail jumps, split-off blocks)."""
+
+    name: str
+    lo: int
+    hi: int
+    traits: dict[str, tuple[Evidence, ...]]
+    callees: tuple[int, ...]
+
+
+def function_starts(insns: Sequence[Instruction], entries: Sequence[int]) -> list[int]:
+    """Indices of function starts: the entries (or the first instruction), direct call targets,
+    the first instruction after a gap in the decoded code, and the first after a return or
+    jump (and any int3/nop padding) that follows int3 padding or is 16-aligned."""
+    addresses = [insn.address for insn in insns]
+
+    def at(address: int) -> Optional[int]:
+        k = bisect.bisect_left(addresses, address)
+        return k if k < len(addresses) and addresses[k] == address else None
+
+    starts = {k for k in map(at, entries) if k is not None} or ({0} if insns else set())
+    starts.update(k for k in map(at, [i.target for i in insns if i.flow == "call" and i.target is not None])
+                  if k is not None)
+    starts.update(k + 1 for k in range(len(insns) - 1) if insns[k].address + insns[k].size != addresses[k + 1])
+    j, count = 0, len(insns)
+    for k in [k for k, insn in enumerate(insns) if insn.flow in ("ret", "jump")]:
+        if k < j:
+            continue  # an int3 (a terminator) inside padding already skipped: linear, not quadratic
+        j = k + 1
+        while j < count and insns[j].mnemonic in PADDING and j not in starts:  # padding, no gap
+            j += 1
+        if j < count and (insns[j].address % 16 == 0 or insns[j - 1].mnemonic == "int3"):
+            starts.add(j)
+    return sorted(starts)
+
+
+PADDING = frozenset(("int3", "nop"))
+LOCAL = ("peb_access", "ldr_walk", "export_parsing")
+"""Traits whose structure chain must be complete inside one function."""
+
+
+def split_functions(ctx: Context, entries: Sequence[int], names: dict[int, str]) -> list[Function]:
+    """Cut the decoded instructions at function starts and find each function's traits:
+    the structure chains per function, the other detectors once over the whole buffer with
+    their evidence assigned to the function that holds it."""
+    insns = ctx.instructions
+    starts = function_starts(insns, entries)
+    if starts and starts[0] > 0:
+        starts.insert(0, 0)
+    bounds = list(zip(starts, starts[1:] + [len(insns)]))
+    firsts = [insns[lo].address for lo, _ in bounds]
+    owner = lambda address: bisect.bisect_right(firsts, address) - 1  # noqa: E731
+    found: dict[int, dict[str, list[Evidence]]] = {}
+    for name in TRAITS:
+        if name not in LOCAL:
+            for ev in TRAITS[name].detect(ctx):
+                found.setdefault(owner(ev.address), {}).setdefault(name, []).append(ev)
+    reads: dict[int, list[tuple[Step, Evidence]]] = {}
+    for read in ctx.structure_reads:
+        reads.setdefault(owner(read[1].address), []).append(read)
+    for n, share in reads.items():
+        sub = ctx.restrict(*bounds[n], share)
+        for name in LOCAL:
+            evidence = TRAITS[name].detect(sub)
+            if evidence:
+                found.setdefault(n, {})[name] = evidence
+    callees: dict[int, set[int]] = {}
+    position = {address: n for n, address in enumerate(firsts)}
+    for address, target in [(i.address, i.target) for i in insns if i.target in position]:
+        callees.setdefault(owner(address), set()).add(position[target])
+    return [Function(names.get(firsts[n]) or f"sub_{firsts[n]:x}", lo, hi,
+                     {name: tuple(found[n][name]) for name in TRAITS if name in found.get(n, ())},
+                     tuple(sorted(callees.get(n, set()) - {n})))
+            for n, (lo, hi) in enumerate(bounds)]
+
+
+def window(functions: Sequence[Function], root: int) -> list[int]:
+    """`root` and the functions it reaches by direct branches (breadth first, bounded)."""
+    order, seen = [root], {root}
+    for n in order:
+        for callee in functions[n].callees:
+            if callee not in seen and len(order) < MAX_WINDOW_FUNCTIONS:
+                seen.add(callee)
+                order.append(callee)
+    return order
+
+
+def _window_traits(functions: Sequence[Function], members: Sequence[int]) -> dict[str, tuple[Evidence, ...]]:
+    """The traits of a window's functions, each piece of evidence naming its function."""
+    merged: dict[str, list[Evidence]] = {}
+    for n in members:
+        fn = functions[n]
+        for name, evidence in fn.traits.items():
+            merged.setdefault(name, []).extend(replace(ev, function=fn.name) for ev in evidence)
+    return {name: tuple(sorted(merged[name], key=lambda e: e.address)) for name in TRAITS if name in merged}
+
+
+def _roots(functions: Sequence[Function]) -> list[int]:
+    """Functions whose window can hold a trait: those with traits and their callers, callers'
+    callers … up to the window bound (a superset; the windows themselves are exact)."""
+    callers: dict[int, list[int]] = {}
+    for n, fn in enumerate(functions):
+        for callee in fn.callees:
+            callers.setdefault(callee, []).append(n)
+    frontier = [n for n, fn in enumerate(functions) if fn.traits]
+    seen = set(frontier)
+    for _ in range(MAX_WINDOW_FUNCTIONS - 1):
+        frontier = [c for n in frontier for c in callers.get(n, ()) if c not in seen]
+        if not frontier:
+            break
+        seen.update(frontier)
+    return sorted(seen)
+
+
+def best_window(functions: Sequence[Function]) -> tuple[Optional[int], dict[str, tuple[Evidence, ...]]]:
+    """(root index, traits) of the highest-scoring window; among equal scores the smallest
+    window (the most specific explanation), then the earliest root."""
+    best: tuple[int, int, Optional[int]] = (0, 0, None)
+    for root in _roots(functions):
+        members = window(functions, root)
+        names = {name: True for n in members for name in functions[n].traits}
+        value = score(names)[0] if names else 0
+        if value and (best[2] is None or (value, -len(members)) > best[:2]):
+            best = (value, -len(members), root)
+    if best[2] is None:
+        return None, {}
+    return best[2], _window_traits(functions, window(functions, best[2]))
 
 
 def analyse(
@@ -810,13 +992,37 @@ def analyse(
     entry_points: Optional[Sequence[int]] = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     has_import_table: Optional[bool] = None,
+    names: Optional[dict[int, str]] = None,
 ) -> Analysis:
-    """Disassemble `code`, run every trait, and score the result."""
+    """Disassemble `code`, find its functions and their traits, and score the best window
+    (a function and what it calls) plus the region's own traits."""
     insns = disassemble(code, address, bits, entry_points, max_bytes)
     ctx = Context(insns, bits, HashIndex.default(), has_import_table)
-    matched = {name: tuple(trait.detect(ctx)) for name, trait in TRAITS.items()}
-    matched = {name: evidence for name, evidence in matched.items() if evidence}
+    functions = split_functions(ctx, entry_points or [], names or {})
+    root, matched = best_window(functions)
+    for name, trait in REGION_TRAITS.items():
+        evidence = tuple(trait.detect(ctx))
+        if evidence:
+            matched[name] = evidence
     total, breakdown = score(matched)
     apis = sorted({hit.label for ev in matched.get("hash_compare", ()) for hit in ev.hits})
     decoded = sum(insn.size for insn in insns)
-    return Analysis(address, bits, len(insns), decoded, total, breakdown, matched, tuple(apis))
+    return Analysis(address, bits, len(insns), decoded, total if insns else None, breakdown, matched,
+                    tuple(apis), functions[root].name if root is not None else None, len(functions))
+
+
+def image_entries(pe: MappedPE, low: int, high: int) -> list[int]:
+    """The PE's entry point and code exports that lie in [low, high)."""
+    addresses = [pe.base + pe.entry_point_rva] if pe.entry_point_rva else []
+    addresses += [e.address for e in pe.exports if e.forwarder is None]
+    return sorted({a for a in addresses if low <= a < high})
+
+
+def analyse_image(code: bytes, pe: MappedPE, bits: int, max_bytes: int = DEFAULT_MAX_BYTES) -> Analysis:
+    """Score `code`, the first bytes of the mapped image `pe`, by recursive descent from its
+    entry point and exports (functions named after them); by linear sweep when it has none."""
+    entries = image_entries(pe, pe.base, pe.base + len(code))
+    names = {e.address: e.name for e in pe.exports if e.name and e.forwarder is None}
+    if pe.entry_point_rva:
+        names.setdefault(pe.base + pe.entry_point_rva, "entry point")
+    return analyse(code, pe.base, bits, entries or None, max_bytes, pe.has_import_table, names)
