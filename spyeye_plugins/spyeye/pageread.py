@@ -59,7 +59,8 @@ class PageTableReader:
                 intel.Intel._page_is_valid, intel.WindowsMixin._page_is_valid)
             self._frame_mask = ((1 << layer._maxphyaddr) - 1) & ~(layer.page_size - 1) if plain else None
             # an invalid upper-level entry reads as zeros unless a swap layer can resolve it
-            self._swap = bool(layer.config.get("swap_layers", False))
+            self._swap = bool(layer.config.get("swap_layers", False)) and bool(
+                layer.config.get("swap_layers.number_of_elements", 0))
             self._span = layer.maximum_address + 1   # 2^48 on x64: indices wrap past each multiple
 
     def read(self, address: int, length: int) -> bytes:
@@ -142,6 +143,8 @@ class PageTableReader:
             return address if address < end else None
         shift = self._layer.page_shift
         for kind, value, _, position, stop in self._regions(address, end):
+            if kind == _EMPTY:
+                continue
             if kind != _LEAF:
                 return position
             mask = len(value) - 1

@@ -332,9 +332,10 @@ def process_vads(proc, protect_values: Optional[List[int]]) -> Iterator[VadFacts
     none, when the tree gave fewer VADs than the process counts, and once per impossible
     VAD: see :func:`valid_ranges`)."""
     facts: List[VadFacts] = []
-    pid = proc.UniqueProcessId
+    pid, nodes = proc.UniqueProcessId, 0
     try:
         for vad in vadinfo.VadInfo.list_vads(proc):
+            nodes += 1
             fact = vad_facts(vad, protect_values)
             if fact is not None:
                 facts.append(fact)
@@ -343,9 +344,9 @@ def process_vads(proc, protect_values: Optional[List[int]]) -> Iterator[VadFacts
     if not facts and proc.Peb:                  # kernel processes (System, Registry) have neither
         vollog.warning("PID %s: no readable VAD (VAD root paged out or smeared)", pid)
     counted = _vad_count(proc)
-    if facts and counted is not None and counted != len(facts) and _first_time(proc, ("count", counted)):
+    if nodes and counted is not None and counted != nodes and _first_time(proc, ("count", counted)):
         vollog.warning("PID %s: the VAD tree gave %d VADs, the process counts %d (a damaged or cyclic "
-                       "tree?); using what was read", pid, len(facts), counted)
+                       "tree?); using what was read", pid, nodes, counted)
     return iter(valid_ranges(facts, user_limit(proc), f"PID {pid} ({text_cell(process_name(proc))})",
                              lambda key: _first_time(proc, key)))
 
@@ -439,7 +440,8 @@ def _highest_user_address(context: interfaces.context.ContextInterface, table: s
         if module.symbol_table_name != table:
             continue
         try:
-            return int(module.object_from_symbol("MmHighestUserAddress"))
+            address = module.get_symbol("MmHighestUserAddress").address
+            return int(module.object(object_type="pointer", offset=address))
         except (exceptions.InvalidAddressException, exceptions.SymbolError, TypeError, ValueError):
             return None
     return None
