@@ -159,8 +159,9 @@ def test_artifacts_of_the_damaged_process_outside_the_damage_are_decoded(win7_im
     rows, lost = runs[(kind, "config")]["rows"], set(manifest[kind]["affected_plants"])
     for label in ("spyeye-config-c1-utf16", "spyeye-config-config-image"):
         plant = _plant(truth, label)
-        assert label not in lost and any(r["PID"] == plant["pid"] and r["Address"] == plant["va"] and r["Kind"] == plant["meta"]["artifact"]
-                   and r["__depth"] == 0 for r in rows), label
+        assert label not in lost and any(
+            r["PID"] == plant["pid"] and r["Address"] == plant["va"] and r["Kind"] == plant["meta"]["artifact"]
+            and r["__depth"] == 0 for r in rows), label
     images = {(r["PID"], r["VAD Start"]) for r in runs[(kind, "injected")]["rows"]}
     for label in ("injected-bot-absurd-count", "injected-bot-header-only"):
         plant = _plant(truth, label)
@@ -248,3 +249,47 @@ def test_chunk_records_are_recovered_whatever_its_free_space_offset_says(free):
     first = carved[0]
     assert first.warnings[0] == (f"runs past the chunk's free-space offset {free:#x}" if free > CHUNK_HEADER_SIZE
                                  else f"in chunk slack at {CHUNK_HEADER_SIZE:#x} (beyond free-space offset)")
+
+
+# --------------------------------------------------------------------------- page-table walks
+
+
+@pytest.mark.parametrize("cls_name", ["WindowsIntel", "WindowsIntelPAE", "WindowsIntel32e"])
+def test_next_mapped_and_absent_agree_with_volatility_page_by_page(cls_name, tmp_path):
+    """On random paging structures (valid, large, transition, prototype, swapped entries),
+    ``next_mapped`` finds the first page with an entry and ``absent`` lists exactly the pages
+    ``layer.is_valid`` refuses; a walk from below the top of the address space stops there."""
+    import random
+    from volatility3.framework import contexts
+    from volatility3.framework.layers import intel, physical
+    from spyeye_plugins.spyeye.pageread import PageTableReader
+    from tests.test_pageread import _random_tables
+
+    cls = getattr(intel, cls_name)
+    rng = random.Random(f"damage:{cls_name}")
+    memory, dtb = _random_tables(cls, rng)
+    path = tmp_path / "tables.bin"
+    path.write_bytes(memory)
+    context = contexts.Context()
+    context.config["phys.location"] = path.as_uri()
+    context.layers.add_layer(physical.FileLayer(context, "phys", "phys"))
+    context.config["virt.memory_layer"], context.config["virt.page_map_offset"] = "phys", dtb
+    layer = cls(context, "virt", "virt")
+    context.layers.add_layer(layer)
+    reader = PageTableReader(layer)
+    mapped = sorted({offset for offset, *_ in layer.mapping(0, layer.maximum_address, ignore_errors=True)})
+    assert mapped
+    for address in rng.sample(mapped, min(20, len(mapped))):
+        start = max(0, address - rng.randrange(0x40000))
+        found = reader.next_mapped(start, layer.maximum_address + 1)
+        assert found is not None and found <= address
+        assert not reader.absent(found, 1) or reader._walk(found)[0] != 2     # an entry, if not readable
+        length = 0x10000
+        expected = [page for page in range(start & ~0xFFF, start + length, 0x1000)
+                    if not layer.is_valid(max(page, start), 1)]
+        got = [page for lo, hi in reader.absent(start, length) for page in range(lo & ~0xFFF, hi, 0x1000)]
+        assert got == expected, (hex(start), cls_name)
+    top = layer.maximum_address + 1         # a walk from below the top never wraps past it
+    below = reader.next_mapped(top - (1 << 30), top << 1)
+    assert below is None or below < top
+    assert reader.absent(top - 0x1000, 0x3000)[-1][1] == top + 0x2000
