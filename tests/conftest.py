@@ -3,7 +3,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
+import tempfile
 from pathlib import Path
+
+# A private Volatility cache for this test session, set before Volatility is imported (its
+# constants read XDG_CACHE_HOME once) and inherited by every ``vol`` subprocess: runs that
+# share a cache can make Volatility delete a symbol file (upstream issue 1255).
+PRIVATE_CACHE = tempfile.mkdtemp(prefix="spyeye-tests-cache-")
+os.environ["XDG_CACHE_HOME"] = PRIVATE_CACHE
+if "volatility3.framework.constants" in sys.modules:        # imported early by a plugin: repoint it
+    sys.modules["volatility3.framework.constants"].CACHE_PATH = os.path.join(PRIVATE_CACHE, "volatility3")
 from typing import Dict, Tuple
 
 import pytest
@@ -16,6 +27,10 @@ SHARED = ROOT.parent / "shared"
 # a real Windows 7 SP1 x64 kernel ISF: $SPYEYE_WIN7_ISF, else the one ../shared held
 REAL_WIN7_ISF = Path(os.environ.get("SPYEYE_WIN7_ISF") or SHARED / "reference" / "symbols" / "windows" /
                      "ntkrnlmp.pdb" / "3844DBB920174967BE7AA4A2C20430FA-2.json.xz")  # in a <dir>/windows/ntkrnlmp.pdb/ tree
+
+
+def pytest_unconfigure(config) -> None:
+    shutil.rmtree(PRIVATE_CACHE, ignore_errors=True)
 
 
 def _build(tmp_path_factory, name: str, isf=None) -> Tuple[Path, Dict]:

@@ -24,8 +24,8 @@ def _load_plugins() -> Dict[str, Any]:
     plugin_dir = str(ROOT / "spyeye_plugins")
     if plugin_dir not in volatility3.plugins.__path__:
         volatility3.plugins.__path__.insert(0, plugin_dir)
-    if str(SYMBOLS) not in volatility3.symbols.__path__:
-        volatility3.symbols.__path__.insert(0, str(SYMBOLS))
+    if str(SYMBOLS) not in volatility3.symbols.__path__:     # last: Volatility writes downloads to the
+        volatility3.symbols.__path__.append(str(SYMBOLS))    # first writable entry (upstream issue 1255)
     framework.require_interface_version(2, 0, 0)
     framework.import_files(volatility3.plugins, True)
     return framework.list_plugins()
@@ -83,7 +83,7 @@ def construct(image: Path, plugin: str, config: Optional[Dict[str, Any]] = None,
     plugin_list = _load_plugins()
     for extra in isf_dirs or []:
         if str(extra) not in volatility3.symbols.__path__:
-            volatility3.symbols.__path__.insert(0, str(extra))
+            volatility3.symbols.__path__.append(str(extra))
     cls = plugin_list[plugin]
     ctx = contexts.Context()
     base = "plugins"

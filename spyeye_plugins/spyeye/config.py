@@ -158,7 +158,7 @@ def config_fields(result: sa.ConfigImageResult) -> List[Tuple[str, str]]:
 def read_window(layer: interfaces.layers.DataLayerInterface, vad: vadwalk.VadFacts, address: int,
                 before: int, after: int) -> Window:
     """The VAD's bytes in [address-before, address+after), cut at the nearest non-resident pages."""
-    low, high = max(vad.start, address - before), min(vad.end + 1, address + after)
+    low, high = max(vad.scan_start, address - before), min(vad.scan_end + 1, address + after)
     first = address & ~(PAGE - 1)
     while first > low and vadwalk.resident(layer, first - 1, 1):
         first -= PAGE
@@ -280,13 +280,14 @@ class SpyEyeConfig(interfaces.plugins.PluginInterface):
     """Finds and decodes SpyEye C1 blocks, stolen-data records, check-ins and other traces."""
 
     _required_framework_version = (2, 0, 0)
-    _version = (1, 1, 1)   # 1.1: mutex_name kind, confirm_mutex, live_mutants; 1.1.1: field rows repeat the context
+    _version = (1, 2, 0)   # 1.1: mutex_name kind, confirm_mutex, live_mutants; 1.1.1: field rows repeat the
+    # context; 1.2: --max-vad-size
     _live_mutants: Optional[Dict[str, int]] = None   # scanned on the first mutex name, once per run
 
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
         return vadwalk.kernel_requirements() + [
-            requirements.VersionRequirement(name="vadsearch", component=vadsearch.VadSearch, version=(1, 1, 0)),
+            requirements.VersionRequirement(name="vadsearch", component=vadsearch.VadSearch, version=(1, 4, 0)),
             requirements.VersionRequirement(name="mutantscan", component=mutantscan.MutantScan, version=(2, 0, 0)),
             *vadwalk.process_filter_requirements(),
             requirements.BooleanRequirement(name="dump", default=False, optional=True,
@@ -296,6 +297,7 @@ class SpyEyeConfig(interfaces.plugins.PluginInterface):
             requirements.StringRequirement(name="c1_layout", optional=True,
                                            description="Also read C1 blocks with this declared layout "
                                                        "(symbols/spyeye/NAME.json, e.g. c1_layout; unconfirmed)"),
+            vadwalk.max_vad_size_requirement(),
         ]
 
     # --- walking memory ---
@@ -417,7 +419,8 @@ class SpyEyeConfig(interfaces.plugins.PluginInterface):
     def _generator(self, layout_table: Optional[str]):
         patterns, _ = marker_patterns()
         spaces = vadwalk.process_spaces(self.context, self.config["kernel"], self.config.get("pid"),
-                                        self.config.get("name"), self._progress_callback, "Decoding")
+                                        self.config.get("name"), self._progress_callback, "Decoding",
+                                        self.config.get("max_vad_size"))
         stream = vadsearch.VadSearch.scan_spaces(spaces, patterns)   # reading overlaps matching
         for (proc_info, layer), group in itertools.groupby(stream, key=lambda item: (item[0], item[1])):
             hits = ((vad, address, hit) for _, _, vad, address, hit in group)
@@ -430,4 +433,5 @@ class SpyEyeConfig(interfaces.plugins.PluginInterface):
                    ("VAD Start", format_hints.Hex), ("VAD End", format_hints.Hex), ("Protection", str),
                    ("Private", bool), ("File", str), ("Dump", str)]
         vadwalk.check_selection(self.context, self.config["kernel"], self.config.get("pid"), self.config.get("name"))
+        vadwalk.check_max_vad_size(self.config.get("max_vad_size"))
         return renderers.TreeGrid(columns, self._generator(self._layout_table()))

@@ -69,16 +69,7 @@ def region_reader(layer: interfaces.layers.DataLayerInterface, base: int) -> Rea
 
 def missing_pages(layer: interfaces.layers.DataLayerInterface, base: int, size: int) -> List[Tuple[int, int]]:
     """Half-open RVA ranges of the pages in [base, base+size) that are not resident."""
-    ranges: List[Tuple[int, int]] = []
-    for rva in range(0, size, vadwalk.PAGE):
-        if vadwalk.resident(layer, base + rva, 1):
-            continue
-        end = min(rva + vadwalk.PAGE, size)
-        if ranges and ranges[-1][1] == rva:
-            ranges[-1] = (ranges[-1][0], end)
-        else:
-            ranges.append((rva, end))
-    return ranges
+    return [(start - base, end - base) for start, end in vadwalk.absent_ranges(layer, base, size)]
 
 
 def image_missing(layer: interfaces.layers.DataLayerInterface, base: int, vad_size: int,

@@ -9,6 +9,12 @@ reads each physically contiguous run with one call.  Entries it does not
 handle itself (non-zero invalid entries: swapped, prototype) go back to
 ``layer.read``, so the bytes returned are the bytes ``layer.read(pad=True)``
 returns.  Layers that are not Intel paging layers are read with ``layer.read``.
+
+Every walk over a range (reads, frame lists, :meth:`PageTableReader.next_mapped`,
+:meth:`PageTableReader.absent`) skips an absent entry at the highest level it is absent
+(512 GiB, 1 GiB or 2 MiB at once on x64) and stops at the top of the layer's address
+space (2^48 on x64, where table indices would wrap), so its cost follows the tables that
+exist, not the size of the range.
 """
 from __future__ import annotations
 
@@ -23,7 +29,8 @@ from volatility3.framework.layers import intel, physical
 
 _NEEDED = ("_structure", "_initial_entry", "_initial_position", "_index_shift",
            "_entry_format", "_entry_size", "_maxphyaddr", "_get_valid_table",
-           "_page_is_valid", "_pte_pfn", "_PAGE_PSE", "_PAGE_PAT_LARGE", "_base_layer")
+           "_page_is_valid", "_pte_pfn", "_PAGE_PSE", "_PAGE_PAT_LARGE", "_base_layer",
+           "maximum_address")
 
 # what one step of the walk found for the region it covers
 _LEAF, _LARGE, _EMPTY, _DELEGATE = range(4)
@@ -51,6 +58,10 @@ class PageTableReader:
             plain = type(layer)._pte_pfn is intel.Intel._pte_pfn and type(layer)._page_is_valid in (
                 intel.Intel._page_is_valid, intel.WindowsMixin._page_is_valid)
             self._frame_mask = ((1 << layer._maxphyaddr) - 1) & ~(layer.page_size - 1) if plain else None
+            # an invalid upper-level entry reads as zeros unless a swap layer can resolve it
+            self._swap = bool(layer.config.get("swap_layers", False)) and bool(
+                layer.config.get("swap_layers.number_of_elements", 0))
+            self._span = layer.maximum_address + 1   # 2^48 on x64: indices wrap past each multiple
 
     def read(self, address: int, length: int) -> bytes:
         """``length`` bytes at ``address``; unreadable pages read as zeros."""
@@ -68,10 +79,7 @@ class PageTableReader:
             return self._layer.read(address, length, pad=True), True
         runs: List[List[int]] = []              # [output offset, physical address, length]
         pieces: List[Tuple[int, bytes]] = []    # (output offset, bytes the layer itself read)
-        position, end = address, address + length
-        while position < end:
-            kind, value, bits = self._walk(position)
-            stop = min(end, ((position >> bits) + 1) << bits)
+        for kind, value, bits, position, stop in self._regions(address, address + length):
             if kind == _LEAF and self._any_entry(value, position, stop):
                 self._leaf_runs(value, position, stop, address, pieces, runs)
             elif kind == _LARGE:
@@ -80,7 +88,6 @@ class PageTableReader:
                 _add_run(runs, position - address, frame, stop - position)
             elif kind == _DELEGATE:
                 pieces.append((position - address, self._layer.read(position, stop - position, pad=True)))
-            position = stop
         if not runs and not pieces:
             return bytes(length), False     # huge reserved VADs are mostly this: no buffer to fill
         out = bytearray(length)
@@ -107,10 +114,7 @@ class PageTableReader:
                 yield from range(mapped >> 12, (mapped + size - 1 >> 12) + 1)
             return
         layer, limit = self._layer, self._layer.context.layers[self._layer._base_layer].maximum_address
-        position, end = address, address + length
-        while position < end:
-            kind, value, bits = self._walk(position)
-            stop = min(end, ((position >> bits) + 1) << bits)
+        for kind, value, bits, position, stop in self._regions(address, address + length):
             if kind == _LARGE:
                 first = (layer._pte_pfn(value) << layer.page_shift | (position & ((1 << bits) - 1))) >> 12
                 last = first + ((stop - 1 >> 12) - (position >> 12))
@@ -130,6 +134,71 @@ class PageTableReader:
                     elif entry:
                         for _, _, mapped, size, _ in layer.mapping(page << 12, 0x1000, ignore_errors=True):
                             yield mapped >> 12
+
+    def next_mapped(self, address: int, end: int) -> Optional[int]:
+        """The first address in [address, end) whose page has a page-table entry (the
+        start of the first such page, or ``address`` itself), None when there is none.
+        Absent tables are skipped whole; non-canonical addresses hold nothing."""
+        if not self._fast:
+            return address if address < end else None
+        shift = self._layer.page_shift
+        for kind, value, _, position, stop in self._regions(address, end):
+            if kind == _EMPTY:
+                continue
+            if kind != _LEAF:
+                return position
+            mask = len(value) - 1
+            first, last = (position >> shift) & mask, ((stop - 1) >> shift) & mask
+            index = next((i for i in range(first, last + 1) if value[i]), None)
+            if index is not None:
+                return max(position, ((position >> shift) - first + index) << shift)
+        return None
+
+    def absent(self, address: int, length: int) -> List[Tuple[int, int]]:
+        """Half-open address ranges of the pages in [address, address+length) that cannot
+        be read (what ``layer.is_valid`` says page by page), merged; cost per table."""
+        out: List[Tuple[int, int]] = []
+        end = address + length
+        if not self._fast:
+            for page in range(address & ~0xFFF, end, 0x1000):
+                if not self._layer.is_valid(max(page, address), 1):
+                    _add_range(out, max(page, address), min(page + 0x1000, end))
+            return out
+        layer, size = self._layer, self._layer.page_size
+        limit = layer.context.layers[layer._base_layer].maximum_address
+        cursor = address
+        for kind, value, bits, position, stop in self._regions(address, end):
+            cursor = stop
+            if kind == _LARGE:
+                frame = layer._pte_pfn(value) << layer.page_shift | (position & ((1 << bits) - 1))
+                if frame + (stop - position) - 1 > limit:
+                    _add_range(out, position, stop)
+            elif kind == _LEAF:
+                mask = len(value) - 1
+                for page in range(position & ~(size - 1), stop, size):
+                    entry = value[(page >> layer.page_shift) & mask]
+                    readable = ((layer._pte_pfn(entry) << layer.page_shift) + size - 1 <= limit
+                                if layer._page_is_valid(entry) else bool(entry) and layer.is_valid(page, 1))
+                    if not readable:
+                        _add_range(out, max(page, position), min(page + size, stop))
+            elif kind == _EMPTY or not layer.is_valid(position, 1):
+                _add_range(out, position, stop)
+        _add_range(out, cursor, end)
+        return out
+
+    def _regions(self, address: int, end: int) -> Iterator[Tuple[int, object, int, int, int]]:
+        """``(kind, value, bits, start, stop)`` for each step of the walk over [address,
+        end): one per leaf table, large page or absent entry (at its highest level).  Stops
+        at the top of the address space ``address`` is in (2^48 for user space on x64; a
+        sign-extended kernel address runs to 2^64), where table indices would wrap; an
+        invalid upper-level entry is empty unless a swap layer can resolve it."""
+        position, top = address, (address // self._span + 1) * self._span
+        while position < min(end, top):
+            kind, value, bits = self._walk(position)
+            stop = min(end, ((position >> bits) + 1) << bits)
+            if kind == _DELEGATE and not self._swap:
+                kind = _EMPTY
+            yield kind, value, bits, position, stop
             position = stop
 
     def _walk(self, address: int) -> Tuple[int, object, int]:
@@ -263,6 +332,16 @@ def _raw_file_descriptor(layer: interfaces.layers.DataLayerInterface) -> Optiona
         return fileno if os.fstat(fileno).st_size == layer.maximum_address + 1 else None
     except (AttributeError, OSError, ValueError):
         return None
+
+
+def _add_range(ranges: List[Tuple[int, int]], start: int, end: int) -> None:
+    """Append [start, end), merged with the previous range when they touch."""
+    if start >= end:
+        return
+    if ranges and ranges[-1][1] == start:
+        ranges[-1] = (ranges[-1][0], end)
+    else:
+        ranges.append((start, end))
 
 
 def _add_run(runs: List[List[int]], offset: int, physical: int, size: int) -> None:

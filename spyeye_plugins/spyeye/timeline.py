@@ -21,7 +21,7 @@ from volatility3.framework import exceptions, interfaces, renderers
 from volatility3.framework.configuration import requirements
 from volatility3.framework.symbols.windows.extensions import network
 from volatility3.plugins import timeliner
-from volatility3.plugins.windows import info, netscan, poolscanner, pslist, psscan, thrdscan, threads, vadinfo
+from volatility3.plugins.windows import info, netscan, poolscanner, pslist, psscan, thrdscan, threads
 
 from . import injected, vadwalk
 from .output import UsageError, text_cell
@@ -147,18 +147,6 @@ def magic_offsets(data: bytes) -> Iterator[int]:
             if data.startswith(tail, pos + len(head)):
                 yield pos
             pos = data.find(head, pos + 1)
-
-
-def _vad_ranges(proc) -> Iterator[Tuple[int, int, object]]:
-    """(start, end, vad) of each VAD whose range can be read."""
-    try:
-        for vad in vadinfo.VadInfo.list_vads(proc):
-            try:
-                yield vad.get_start(), vad.get_end(), vad
-            except exceptions.InvalidAddressException:
-                vollog.debug("PID %s: unreadable VAD at %#x", proc.UniqueProcessId, vad.vol.offset)
-    except (exceptions.InvalidAddressException, RuntimeError) as exc:
-        vollog.warning("VAD tree of PID %s is damaged (%s); using what was read", proc.UniqueProcessId, exc)
 
 
 def _noting_frames(physical, frames: Set[int], progress) -> Iterator[Tuple[int, bytes, int]]:
@@ -618,11 +606,9 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
                 continue
             if progress:
                 progress(50.0 + 50.0 * index / max(len(procs), 1), f"Carving event-log records in PID {pid}")
-            for start, end, vad in _vad_ranges(proc):
+            for facts in vadwalk.process_vads(proc, protect):
+                start, end = facts.scan_start, facts.scan_end
                 if not frames.intersection(_mapped_frames(layer, start, end)):
-                    continue
-                facts = vadwalk.vad_facts(vad, protect)
-                if facts is None:
                     continue
                 chunks = vadwalk.read_chunks(layer, start, end, WINDOW, OVERLAP)
                 for record in carve_windows(chunks):

@@ -65,7 +65,7 @@ class VadSearch(interfaces.plugins.PluginInterface):
     """Searches every process's VADs for keywords, hex, regexes or YARA rules."""
 
     _required_framework_version = (2, 0, 0)
-    _version = (1, 3, 0)   # 1.1: scan_spaces; 1.2: --engine; 1.3: --hexdump, pool_structure
+    _version = (1, 4, 0)   # 1.1: scan_spaces; 1.2: --engine; 1.3: --hexdump, pool_structure; 1.4: --max-vad-size
 
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
@@ -101,6 +101,7 @@ class VadSearch(interfaces.plugins.PluginInterface):
                                                     f"(at most {MAX_CONTEXT})"),
             requirements.IntRequirement(name="chunk_size", default=vadwalk.DEFAULT_CHUNK, optional=True,
                                         description="Bytes read at a time"),
+            vadwalk.max_vad_size_requirement(),
             requirements.BooleanRequirement(name="compare_physical", default=False, optional=True,
                                             description="Also scan the raw physical image and compare"),
             requirements.BooleanRequirement(name="hexdump", default=False, optional=True,
@@ -162,7 +163,7 @@ class VadSearch(interfaces.plugins.PluginInterface):
 
         def chunks():
             for key, layer, vad in spaces:
-                for address, data, owned in vadwalk.read_chunks(layer, vad.start, vad.end, chunk, overlap):
+                for address, data, owned in vadwalk.read_chunks(layer, vad.scan_start, vad.scan_end, chunk, overlap):
                     yield (key, layer, vad, address), data, owned
         for (key, layer, vad, address), owned, hits in _scanned_ahead(chunks(), patterns):
             for hit in sorted(hits, key=lambda h: (h.offset, h.pattern, h.encoding)):
@@ -225,7 +226,7 @@ class VadSearch(interfaces.plugins.PluginInterface):
         max_hits, count = self.config.get("max_hits") or 0, 0
         spaces = ((info, layer, vad) for info, layer, vad in vadwalk.process_spaces(
             self.context, self.config["kernel"], self.config.get("pid"), self.config.get("name"),
-            self._progress_callback, "Searching") if self._wanted(vad, ranges))
+            self._progress_callback, "Searching", self.config.get("max_vad_size")) if self._wanted(vad, ranges))
         for proc_info, layer, vad, address, hit in self.scan_spaces(spaces, patterns, self.config.get("chunk_size")):
             pages = vadwalk.physical_pages(layer, address, hit.length)
             seen_physical.add((pages[0], hit.pattern, hit.encoding))
@@ -306,6 +307,7 @@ class VadSearch(interfaces.plugins.PluginInterface):
             raise UsageError(str(exc)) from exc
         if self.config.get("chunk_size") is not None and self.config["chunk_size"] < vadwalk.PAGE:
             raise UsageError(f"--chunk-size must be at least {vadwalk.PAGE:#x}")
+        vadwalk.check_max_vad_size(self.config.get("max_vad_size"))
         for option in ("context", "max_hits"):
             if (self.config.get(option) or 0) < 0:
                 raise UsageError(f"--{option.replace('_', '-')} must not be negative, not {self.config[option]}")

@@ -9,7 +9,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from volatility3.framework import exceptions, interfaces, renderers
+from volatility3.framework import constants, exceptions, interfaces, renderers, symbols
 from volatility3.framework.configuration import requirements
 from volatility3.plugins.windows import pslist, psscan, vadinfo
 
@@ -20,6 +20,7 @@ vollog = logging.getLogger(__name__)
 
 PAGE = 0x1000
 DEFAULT_CHUNK = 0x100000
+DEFAULT_MAX_VAD_SIZE = 4 << 40   # 4 TiB: more than any real reservation (Windows 10's CFG bitmap is 2 TB)
 
 
 def kernel_requirements() -> List[interfaces.configuration.RequirementInterface]:
@@ -30,6 +31,20 @@ def kernel_requirements() -> List[interfaces.configuration.RequirementInterface]
         requirements.VersionRequirement(name="pslist", component=pslist.PsList, version=(3, 0, 0)),
         requirements.VersionRequirement(name="vadinfo", component=vadinfo.VadInfo, version=(2, 0, 0)),
     ]
+
+
+def max_vad_size_requirement() -> interfaces.configuration.RequirementInterface:
+    """``--max-vad-size``: the most bytes of one VAD a plugin reads."""
+    return requirements.IntRequirement(
+        name="max_vad_size", default=DEFAULT_MAX_VAD_SIZE, optional=True,
+        description=f"Read at most this many bytes of one VAD (default {DEFAULT_MAX_VAD_SIZE:#x}, 4 TiB; "
+                    "a warning names each VAD cut)")
+
+
+def check_max_vad_size(value: Optional[int]) -> None:
+    """Raise :class:`output.UsageError` for a ``--max-vad-size`` below one page."""
+    if value is not None and value < PAGE:
+        raise UsageError(f"--max-vad-size must be at least {PAGE:#x}, not {value}")
 
 
 def process_filter_requirements() -> List[interfaces.configuration.RequirementInterface]:
@@ -115,6 +130,7 @@ class VadFacts:
     _file: Optional[str] = None
     image: bool = False  # an image section (VadImageMap), whether or not its file name was read
     _source: Any = dataclasses.field(default=None, repr=False, compare=False)  # MMVAD to name the file from
+    scan: Optional[Tuple[int, int]] = None  # (start, end) to read when only part of the range is possible
 
     @property
     def file(self) -> Optional[str]:
@@ -131,6 +147,16 @@ class VadFacts:
     @property
     def size(self) -> int:
         return self.end + 1 - self.start
+
+    @property
+    def scan_start(self) -> int:
+        """First address to read (the VAD's start unless :func:`valid_ranges` cut it)."""
+        return self.start if self.scan is None else self.scan[0]
+
+    @property
+    def scan_end(self) -> int:
+        """Last address to read, inclusive."""
+        return self.end if self.scan is None else self.scan[1]
 
 
 # MmProtectToValue's first eight entries, the same in every Windows version; used only when the
@@ -302,18 +328,123 @@ def vad_facts(vad, protect_values: Optional[List[int]]) -> Optional[VadFacts]:
 
 
 def process_vads(proc, protect_values: Optional[List[int]]) -> Iterator[VadFacts]:
-    """Each readable VAD of ``proc`` in address order (a warning when there is none)."""
+    """Each readable, possible VAD of ``proc`` in address order (a warning when there is
+    none, when the tree gave fewer VADs than the process counts, and once per impossible
+    VAD: see :func:`valid_ranges`)."""
     facts: List[VadFacts] = []
+    pid, nodes = proc.UniqueProcessId, 0
     try:
         for vad in vadinfo.VadInfo.list_vads(proc):
+            nodes += 1
             fact = vad_facts(vad, protect_values)
             if fact is not None:
                 facts.append(fact)
     except (exceptions.InvalidAddressException, RuntimeError) as exc:
-        vollog.warning("VAD tree of PID %s is damaged (%s); using what was read", proc.UniqueProcessId, exc)
+        vollog.warning("VAD tree of PID %s is damaged (%s); using what was read", pid, exc)
     if not facts and proc.Peb:                  # kernel processes (System, Registry) have neither
-        vollog.warning("PID %s: no readable VAD (VAD root paged out or smeared)", proc.UniqueProcessId)
-    return iter(sorted(facts, key=lambda f: f.start))
+        vollog.warning("PID %s: no readable VAD (VAD root paged out or smeared)", pid)
+    counted = _vad_count(proc)
+    if nodes and counted is not None and counted != nodes and _first_time(proc, ("count", counted)):
+        vollog.warning("PID %s: the VAD tree gave %d VADs, the process counts %d (a damaged or cyclic "
+                       "tree?); using what was read", pid, nodes, counted)
+    return iter(valid_ranges(facts, user_limit(proc), f"PID {pid} ({text_cell(process_name(proc))})",
+                             lambda key: _first_time(proc, key)))
+
+
+def _vad_count(proc) -> Optional[int]:
+    """How many VADs the process says it has (Windows 7's ``VadRoot.NumberGenericTableElements``,
+    ``VadCount`` from Windows 8), None where neither is there or readable."""
+    try:
+        if proc.has_member("VadCount"):
+            return int(proc.VadCount)
+        root = proc.VadRoot
+        return int(root.NumberGenericTableElements) if root.has_member("NumberGenericTableElements") else None
+    except (exceptions.InvalidAddressException, AttributeError):
+        return None
+
+
+# per context: (pid, what) already warned about, so a plugin that walks a process twice warns once
+_WARNED: "weakref.WeakKeyDictionary[Any, set]" = weakref.WeakKeyDictionary()
+
+
+def _first_time(proc, key: Any) -> bool:
+    seen = _WARNED.setdefault(proc._context, set())
+    full = (int(proc.vol.offset), key)
+    if full in seen:
+        return False
+    seen.add(full)
+    return True
+
+
+def valid_ranges(vads: Sequence[VadFacts], limit: int, who: str,
+                 first_time: Callable[[Any], bool] = lambda key: True) -> List[VadFacts]:
+    """The VADs with a possible range, in address order, each with ``scan`` set where only
+    part of it can be read: a VAD ending before it starts or starting at or past ``limit``
+    (the first address above user space) is dropped; one ending past ``limit`` or running
+    into the next VAD is cut there.  One warning per such VAD names ``who`` and its range
+    (``first_time(key)`` False: already warned)."""
+    ordered = sorted(vads, key=lambda v: (v.start, v.end))
+    possible = [v for v in ordered if v.start <= v.end and v.start < limit]
+    out: List[VadFacts] = []
+    for vad in ordered:
+        problems, end = [], vad.end
+        if vad.end < vad.start:
+            problems.append("ends before it starts")
+        elif vad.start >= limit:
+            problems.append(f"starts past the user address limit {limit - 1:#x}")
+        else:
+            if end >= limit:
+                end = limit - 1
+                problems.append(f"ends past the user address limit {limit - 1:#x}")
+            following = next((v for v in possible if v.start > vad.start), None)
+            if following is not None and following.start <= end:
+                end = following.start - 1
+                problems.append(f"overlaps the next VAD at {following.start:#x}")
+            same = [v for v in possible if v.start == vad.start]
+            if len(same) > 1 and same[-1] is not vad:
+                end = vad.start - 1
+                problems.append("shares its start with another VAD")
+        keep = not problems or vad.start <= end < vad.end
+        if problems and first_time(("vad", vad.start, vad.end)):
+            what = f"searched only {vad.start:#x}-{end:#x}" if keep else "skipped"
+            vollog.warning("%s: impossible VAD %#x-%#x (%s); %s", who, vad.start, vad.end,
+                           "; ".join(problems), what)
+        if keep:
+            out.append(dataclasses.replace(vad, scan=(vad.start, end)) if problems else vad)
+    return out
+
+
+# per context: symbol table name -> first address above user space
+_LIMITS: "weakref.WeakKeyDictionary[Any, Dict[str, int]]" = weakref.WeakKeyDictionary()
+
+
+def user_limit(proc) -> int:
+    """The first address above user space for ``proc``'s kernel: ``MmHighestUserAddress + 1``
+    when it reads as a plausible value, else the lower canonical half (2^47) of a 64-bit
+    kernel or 2^32 for a 32-bit one."""
+    context = proc._context
+    table = proc.vol.type_name.split(constants.BANG)[0]
+    limits = _LIMITS.setdefault(context, {})
+    if table not in limits:
+        wide = symbols.symbol_table_is_64bit(context=context, symbol_table_name=table)
+        fallback = 1 << 47 if wide else 1 << 32
+        highest = _highest_user_address(context, table)
+        plausible = highest is not None and 0x7FFEFFFF <= highest < fallback
+        limits[table] = highest + 1 if plausible else fallback
+    return limits[table]
+
+
+def _highest_user_address(context: interfaces.context.ContextInterface, table: str) -> Optional[int]:
+    for name in list(context.modules):
+        module = context.modules[name]
+        if module.symbol_table_name != table:
+            continue
+        try:
+            address = module.get_symbol("MmHighestUserAddress").address
+            return int(module.object(object_type="pointer", offset=address))
+        except (exceptions.InvalidAddressException, exceptions.SymbolError, TypeError, ValueError):
+            return None
+    return None
 
 
 def process_layer(proc) -> Optional[str]:
@@ -328,10 +459,12 @@ def process_layer(proc) -> Optional[str]:
 def process_spaces(context: interfaces.context.ContextInterface, kernel_module_name: str,
                    pids: Optional[Sequence[int]], names: Optional[Sequence[str]],
                    progress: Optional[Callable[[float, str], None]] = None,
-                   doing: str = "Reading") -> Iterator[Tuple[Tuple[int, str], interfaces.layers.DataLayerInterface,
-                                                              VadFacts]]:
+                   doing: str = "Reading", max_vad_size: Optional[int] = None
+                   ) -> Iterator[Tuple[Tuple[int, str], interfaces.layers.DataLayerInterface, VadFacts]]:
     """``((pid, name), layer, vad)`` for each VAD of each selected process with an address
-    space, lazily (so a consumer can overlap its own work with the walk)."""
+    space, lazily (so a consumer can overlap its own work with the walk).  A VAD larger than
+    ``max_vad_size`` is read only over its first ``max_vad_size`` bytes (``scan``), with a
+    warning."""
     protect = protection_values(context, kernel_module_name)
     procs = selected_processes(context, kernel_module_name, pids, names)
     for index, proc in enumerate(procs):
@@ -340,9 +473,19 @@ def process_spaces(context: interfaces.context.ContextInterface, kernel_module_n
         if layer_name is None:
             continue
         if progress:
-            progress(100.0 * index / max(len(procs), 1), f"{doing} PID {pid}")
+            progress(100.0 * index / max(len(procs), 1), f"{doing} PID {pid} ({index + 1} of {len(procs)})")
         for vad in process_vads(proc, protect):
-            yield (pid, name), context.layers[layer_name], vad
+            yield (pid, name), context.layers[layer_name], capped(vad, max_vad_size, f"PID {pid} ({text_cell(name)})")
+
+
+def capped(vad: VadFacts, max_size: Optional[int], who: str) -> VadFacts:
+    """``vad`` with ``scan`` cut to its first ``max_size`` bytes (a warning) when it is larger."""
+    if not max_size or vad.scan_end + 1 - vad.scan_start <= max_size:
+        return vad
+    end = vad.scan_start + max_size - 1
+    vollog.warning("%s: VAD %#x-%#x is larger than --max-vad-size (%#x bytes); searched only %#x-%#x",
+                   who, vad.start, vad.end, max_size, vad.scan_start, end)
+    return dataclasses.replace(vad, scan=(vad.scan_start, end))
 
 
 def read_chunks(layer: interfaces.layers.DataLayerInterface, start: int, end: int,
@@ -358,6 +501,11 @@ def read_chunks(layer: interfaces.layers.DataLayerInterface, start: int, end: in
     reader = PageTableReader(layer)
     address = start
     while address <= end:
+        if skip_unmapped:       # jump over reserved space: whole chunks, so chunk edges stay put
+            mapped = reader.next_mapped(address, end + 1)
+            if mapped is None:
+                return
+            address += (mapped - address) // chunk * chunk
         owned = min(chunk, end + 1 - address)
         length = min(owned + overlap, end + 1 - address)
         data = reader.read_mapped(address, length) if skip_unmapped else reader.read(address, length)
@@ -369,6 +517,13 @@ def read_chunks(layer: interfaces.layers.DataLayerInterface, start: int, end: in
 def read_range(layer: interfaces.layers.DataLayerInterface, start: int, length: int) -> bytes:
     """``length`` bytes at ``start``, unreadable pages as zeros (keep ``length`` bounded)."""
     return PageTableReader(layer).read(start, length)
+
+
+def absent_ranges(layer: interfaces.layers.DataLayerInterface, address: int,
+                  length: int) -> List[Tuple[int, int]]:
+    """Half-open address ranges of the unreadable pages in [address, address+length),
+    merged (cost per page table, not per page: huge VADs are fine)."""
+    return PageTableReader(layer).absent(address, length)
 
 
 def resident(layer: interfaces.layers.DataLayerInterface, address: int, length: int) -> bool:

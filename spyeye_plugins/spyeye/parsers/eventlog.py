@@ -537,7 +537,7 @@ def _carve_chunk(view: bytes, offset: int) -> Optional[list[EventRecord]]:
         return None
     free = _U32.unpack_from(view, 0x30)[0]
     live_end = free if CHUNK_HEADER_SIZE <= free <= len(view) else len(view)
-    ctx, records, walked_to = _Context(view, 0), [], live_end
+    ctx, records, walked_to = _Context(view, 0), [], CHUNK_HEADER_SIZE
     first, last = struct.unpack_from("<QQ", view, 0x18)   # first and last record identifiers
     for pos, size, gaps in _walk_chunk(view, live_end):
         record = _decode_record(ctx, pos, size, offset + pos, "evtx-chunk")
@@ -547,10 +547,13 @@ def _carve_chunk(view: bytes, offset: int) -> Optional[list[EventRecord]]:
                                    "(left over from an older chunk?)")
         record.chunk = offset
         records.append(record)
-        walked_to = max(live_end, pos + size)
+        walked_to = pos + size
+    # searched from the end of the last live record, not from the free-space offset: a
+    # damaged offset inside a record must not lose it
     for pos, size in _slack_records(view, walked_to):
         record = _decode_record(ctx, pos, size, offset + pos, "evtx-record")
-        record.warnings.insert(0, f"in chunk slack at {pos:#x} (beyond free-space offset)")
+        record.warnings.insert(0, f"in chunk slack at {pos:#x} (beyond free-space offset)" if pos >= live_end
+                               else f"runs past the chunk's free-space offset {free:#x}")
         record.chunk = offset
         records.append(record)
     return records

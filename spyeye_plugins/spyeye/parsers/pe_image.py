@@ -145,8 +145,10 @@ def _parse_sections(page: bytes, start: int, count: int) -> tuple[_Section, ...]
     return tuple(sections)
 
 
-def _parse_nt_headers(page: bytes, off: int) -> Optional[_NtHeaders]:
-    """Parse NT headers at ``off`` ignoring the signature; None if not structurally plausible."""
+def _parse_nt_headers(page: bytes, off: int, any_count: bool = False) -> Optional[_NtHeaders]:
+    """Parse NT headers at ``off`` ignoring the signature; None if not structurally plausible.
+    ``any_count``: accept any NumberOfSections (the headers are known to be there: their
+    signature is intact), reading at most MAX_SECTIONS section headers."""
     if off < 4 or off + 4 + _COFF_SIZE + 2 > len(page):
         return None
     machine, nsec, stamp, _, _, opt_size, _ = struct.unpack_from("<HHIIIHH", page, off + 4)
@@ -155,7 +157,7 @@ def _parse_nt_headers(page: bytes, off: int) -> Optional[_NtHeaders]:
     fixed = _OPT_FIXED.get(magic)
     if fixed is None or not fixed <= opt_size <= PAGE or opt + fixed > len(page):
         return None
-    if not 1 <= nsec <= MAX_SECTIONS or machine not in MACHINES and machine != 0:
+    if not (any_count or 1 <= nsec <= MAX_SECTIONS) or machine not in MACHINES and machine != 0:
         return None
     entry = struct.unpack_from("<I", page, opt + 16)[0]
     if magic == 0x10B:
@@ -168,7 +170,7 @@ def _parse_nt_headers(page: bytes, off: int) -> Optional[_NtHeaders]:
     ndirs = min(ndirs, 16, (opt_size - fixed) // 8, (len(page) - opt - fixed) // 8)
     dirs = tuple(struct.unpack_from("<II", page, opt + fixed + 8 * i) for i in range(ndirs))
     return _NtHeaders(off, machine, stamp, magic, entry, base, salign, size_of_image, dirs,
-                      _parse_sections(page, opt + opt_size, nsec), nsec)
+                      _parse_sections(page, opt + opt_size, min(nsec, MAX_SECTIONS)), nsec)
 
 
 def _e_lfanew(page: bytes) -> Optional[int]:
@@ -194,9 +196,10 @@ def _scan_for_headers(page: bytes) -> Optional[tuple[_NtHeaders, bool]]:
 def _locate(page: bytes) -> tuple[Optional[_NtHeaders], bool, list[str]]:
     """Return (headers, signature present, evidence about how they were found)."""
     e_lfanew = _e_lfanew(page)
-    headers = _parse_nt_headers(page, e_lfanew) if e_lfanew is not None else None
+    signed = e_lfanew is not None and page[e_lfanew:e_lfanew + 4] == b"PE\0\0"
+    headers = _parse_nt_headers(page, e_lfanew, any_count=signed) if e_lfanew is not None else None
     if headers:
-        return headers, page[e_lfanew:e_lfanew + 4] == b"PE\0\0", []
+        return headers, signed, []
     note = "e_lfanew missing" if e_lfanew is None else f"e_lfanew 0x{e_lfanew:x} invalid"
     if e_lfanew is not None and len(page) < e_lfanew + _NT_FIXED_MAX and e_lfanew < PAGE:
         note += f" (beyond the 0x{len(page):x} header bytes: truncated?)"
@@ -213,6 +216,9 @@ def _valid_name(name: bytes) -> bool:
 
 def _section_problem(headers: _NtHeaders) -> Optional[str]:
     """Why the section table is not what a loader would accept, or None."""
+    if not 1 <= headers.section_count <= MAX_SECTIONS:
+        return (f"NumberOfSections {headers.section_count:#x} absurd (at most {MAX_SECTIONS}); "
+                f"{len(headers.sections)} section headers read")
     if len(headers.sections) < headers.section_count:
         return "section table runs past the header page"
     if headers.size_of_image == 0:
