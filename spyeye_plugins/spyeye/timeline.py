@@ -175,6 +175,11 @@ def _translate(layer, address: int) -> Optional[int]:
         return None
 
 
+def _physical_offset(layer, proc) -> Optional[int]:
+    """Where ``proc`` lies in physical memory, whether it was read on ``layer`` or below it."""
+    return _translate(layer, proc.vol.offset) if proc.vol.layer_name == layer.name else proc.vol.offset
+
+
 def _log_warnings(found: Found, reported: Set[Tuple]) -> None:
     record = found.record
     for note in record.warnings:
@@ -375,7 +380,7 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
     """Exact timeline of processes, threads, sockets and carved event-log records."""
 
     _required_framework_version = (2, 0, 0)
-    _version = (1, 1, 0)   # 1.1: ThreadStarts.provide, ProcessCode(vads=, candidates=), eventlog_events, Event.peer
+    _version = (1, 1, 1)   # 1.1.1: pool-scanned processes on the kernel layer (Windows 10); 1.1: ThreadStarts.provide, ProcessCode(vads=, candidates=), eventlog_events, Event.peer
 
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
@@ -434,10 +439,9 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
         one per process object (keyed by PID and raw create time)."""
         merged: Dict[Tuple[int, int], Dict] = {}
         layer = context.layers[context.modules[kernel_name].layer_name]
-        for proc in listed:
-            cls._note_process(merged, proc, "pslist", _translate(layer, proc.vol.offset))
-        for proc in scanned:
-            cls._note_process(merged, proc, "psscan", proc.vol.offset)
+        for origin, procs in (("pslist", listed), ("psscan", scanned)):
+            for proc in procs:
+                cls._note_process(merged, proc, origin, _physical_offset(layer, proc))
         events = []
         for info in merged.values():
             provenance = _merge_provenance("pslist", "psscan", info["seen"], bool(info["exit"]))
@@ -862,10 +866,13 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
 
 
 def _virtual_process(context, kernel_name: str, proc):
-    """The kernel-virtual EPROCESS of a pool-scanned (physical) one, or None.
+    """The kernel-virtual EPROCESS of a pool-scanned one, or None: itself when the
+    scan ran on the kernel layer (Windows 10), else bounced from the physical one.
 
     psscan's own bounce goes through a thread, which an exited process lacks;
     an empty list head points at itself, which gives the address directly."""
+    if proc.vol.layer_name == context.modules[kernel_name].layer_name:
+        return proc
     try:
         found = psscan.PsScan.virtual_process_from_physical(context, kernel_name, proc)
         if found is not None:
