@@ -215,7 +215,7 @@ def test_checkin_decoded(win7_image, found):
 def test_mutex_and_pipe_names_found_one_row_each(win7_image, found):
     _, truth = win7_image
     plant = _plant(truth, "mutexes")
-    live = {m["name"]: m["body_pa"] for m in truth["mutants"]}
+    live = {m["name"]: m["body_scan"] for m in truth["mutants"]}   # as mutantscan prints it
     for entry in _expected(plant)["strings"]:
         row = found[(plant["pid"], plant["va"] + entry["offset"])]
         kind = entry["kind"] if entry["kind"] == "pipe" or entry["text"] in live else "mutex_name"
