@@ -66,12 +66,48 @@ def selected_processes(context: interfaces.context.ContextInterface, kernel_modu
     like a clean image.  Call it (or :func:`check_selection`) from ``run()``, so that the
     error comes before any row."""
     procs = list(pslist.PsList.list_processes(context, kernel_module_name))
+    _check_list_closes(context, kernel_module_name, procs)
     problem = selection_problem([(int(p.UniqueProcessId), process_name(p)) for p in procs], pids, names,
                                 "the active process list")
     if problem:
         raise UsageError(problem)
     wanted, drop_name = set(pids or []), name_filter(names)
     return [p for p in procs if (not wanted or int(p.UniqueProcessId) in wanted) and not drop_name(p)]
+
+
+def _check_list_closes(context: interfaces.context.ContextInterface, kernel_module_name: str,
+                       procs: Sequence) -> None:
+    """Warn (once per direction) when the active process list's forward or backward links do
+    not lead back to its head: a cycle or a cut.  Volatility walks both directions, so one
+    broken direction loses nothing; both broken may lose the processes between the breaks."""
+    if not procs:
+        return
+    kernel = context.modules[kernel_module_name]
+    layer = context.layers[kernel.layer_name]
+    head = (kernel.get_symbol("PsActiveProcessHead").address + kernel.offset) & layer.address_mask
+    links = kernel.get_type("_EPROCESS").relative_child_offset("ActiveProcessLinks")
+    owners = {(int(p.vol.offset) + links) & layer.address_mask: p for p in procs}
+    for direction, step in (("forward (Flink)", 0), ("backward (Blink)", kernel.get_type("pointer").size)):
+        entry, seen = head, set()
+        while True:
+            try:
+                after = int.from_bytes(layer.read(entry + step, kernel.get_type("pointer").size), "little")
+            except exceptions.InvalidAddressException:
+                after = None
+            after = None if after is None else after & layer.address_mask
+            if after == head or after is None or after in seen or after not in owners or len(seen) > len(owners):
+                break
+            seen.add(after)
+            entry = after
+        if after == head or entry == head or not _first_time(procs[0], ("open process list", step)):
+            continue
+        last = owners[entry]
+        to = ("an unreadable address" if after is None else
+              f"PID {owners[after].UniqueProcessId} ({text_cell(process_name(owners[after]))}) again (a cycle)" if after in seen else f"{after:#x}")
+        vollog.warning("The active process list does not close %s: after %d processes, PID %s (%s) leads to %s; "
+                       "Volatility also walks the other direction, but processes between two breaks are missing "
+                       "(windows.psscan finds them)", direction, len(seen), last.UniqueProcessId,
+                       text_cell(process_name(last)), to)
 
 
 def selection_problem(known: Sequence[Tuple[int, str]], pids: Optional[Sequence[int]],
