@@ -23,7 +23,7 @@ from volatility3.framework.symbols import intermed
 from volatility3.framework.symbols import windows as _windows  # noqa: F401  (before mutantscan: a cycle)
 from volatility3.plugins.windows import mutantscan
 
-from . import vadsearch, vadwalk
+from . import poolscan, vadsearch, vadwalk
 from .output import UsageError, text_cell
 from .parsers import spyeye_artifacts as sa
 from .parsers.patterns import Hit, PatternSet
@@ -280,8 +280,8 @@ class SpyEyeConfig(interfaces.plugins.PluginInterface):
     """Finds and decodes SpyEye C1 blocks, stolen-data records, check-ins and other traces."""
 
     _required_framework_version = (2, 0, 0)
-    _version = (1, 2, 0)   # 1.1: mutex_name kind, confirm_mutex, live_mutants; 1.1.1: field rows repeat the
-    # context; 1.2: --max-vad-size
+    _version = (1, 3, 0)   # 1.1: mutex_name kind, confirm_mutex, live_mutants; 1.1.1: field rows repeat the
+    # context; 1.2: --max-vad-size; 1.3: live_mutants(pools=)
     _live_mutants: Optional[Dict[str, int]] = None   # scanned on the first mutex name, once per run
 
     @classmethod
@@ -378,11 +378,13 @@ class SpyEyeConfig(interfaces.plugins.PluginInterface):
         return handle.preferred_filename            # final name, set when the handler closes
 
     @classmethod
-    def live_mutants(cls, context: interfaces.context.ContextInterface, kernel_module_name: str) -> Dict[str, int]:
+    def live_mutants(cls, context: interfaces.context.ContextInterface, kernel_module_name: str,
+                     pools: Optional[poolscan.PoolObjects] = None) -> Dict[str, int]:
         """Lower-cased name -> offset of each named mutant object a pool scan finds
-        (``windows.mutantscan``'s scan)."""
+        (``windows.mutantscan``'s scan, or ``pools``' mutants when given)."""
         mutants: Dict[str, int] = {}
-        for mutant in mutantscan.MutantScan.scan_mutants(context, kernel_module_name):
+        scanned = pools.get("mutant") if pools else mutantscan.MutantScan.scan_mutants(context, kernel_module_name)
+        for mutant in scanned:
             try:
                 name = mutant.get_name()
             except (ValueError, exceptions.InvalidAddressException):

@@ -184,7 +184,8 @@ def stix_bundle(indicators: Sequence[Indicator], observed: datetime, tool: str) 
         relation = stix2.Relationship(indicator, "based-on", sighting, created_by_ref=identity.id)
         for obj in (indicator, sighting, relation):
             objects[obj.id] = obj
-    return stix2.Bundle(list(objects.values()), allow_custom=True).serialize(pretty=True)
+    # indented, not pretty=True: stix2's property sorting took seconds on a large bundle
+    return stix2.Bundle(list(objects.values()), allow_custom=True).serialize(indent=2)
 
 
 # --------------------------------------------------------------------------- timeline picture

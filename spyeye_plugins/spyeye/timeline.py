@@ -23,7 +23,7 @@ from volatility3.framework.symbols.windows.extensions import network
 from volatility3.plugins import timeliner
 from volatility3.plugins.windows import info, netscan, poolscanner, pslist, psscan, thrdscan, threads
 
-from . import injected, vadwalk
+from . import injected, poolscan, vadwalk
 from .output import UsageError, text_cell
 from .pageread import PageTableReader
 from .parsers import eventlog
@@ -380,7 +380,9 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
     """Exact timeline of processes, threads, sockets and carved event-log records."""
 
     _required_framework_version = (2, 0, 0)
-    _version = (1, 1, 1)   # 1.1.1: pool-scanned processes on the kernel layer (Windows 10); 1.1: ThreadStarts.provide, ProcessCode(vads=, candidates=), eventlog_events, Event.peer
+    _version = (1, 2, 0)   # 1.1: ThreadStarts.provide, ProcessCode(vads=, candidates=), eventlog_events, Event.peer;
+    # 1.1.1: pool-scanned processes on the kernel layer (Windows 10); 1.2: find_processes,
+    # thread_events, network_events take pools= (one pool scan for every kind: poolscan.py)
 
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
@@ -420,11 +422,13 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
 
     # --- processes ------------------------------------------------------------
     @classmethod
-    def find_processes(cls, context: interfaces.context.ContextInterface,
-                       kernel_name: str) -> Tuple[List, List]:
-        """(active-list processes, pool-scanned processes), each walk run once."""
+    def find_processes(cls, context: interfaces.context.ContextInterface, kernel_name: str,
+                       pools: Optional[poolscan.PoolObjects] = None) -> Tuple[List, List]:
+        """(active-list processes, pool-scanned processes), each walk run once (the pool scan's
+        processes from ``pools`` when given)."""
         found: Tuple[List, List] = ([], [])
-        walks = (("pslist", pslist.PsList.list_processes), ("psscan", psscan.PsScan.scan_processes))
+        scan = (lambda *_: pools.get("process")) if pools else psscan.PsScan.scan_processes
+        walks = (("pslist", pslist.PsList.list_processes), ("psscan", scan))
         for (origin, walk), out in zip(walks, found):
             try:
                 out.extend(walk(context, kernel_name))
@@ -467,10 +471,11 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
     @classmethod
     def thread_events(cls, context: interfaces.context.ContextInterface, kernel_name: str,
                       listed: Sequence, owner: Callable[[int, datetime], Optional[str]],
-                      starts: Optional["ThreadStarts"] = None) -> List[Event]:
+                      starts: Optional["ThreadStarts"] = None,
+                      pools: Optional[poolscan.PoolObjects] = None) -> List[Event]:
         """Created/exited events of threads in the ``listed`` processes' thread
-        lists or in the pool; ``owner(pid, created)`` names the process; ``starts``
-        tells where start addresses lie (ntdll's thread-start thunk, injected code)."""
+        lists or in the pool (``pools``' threads when given); ``owner(pid, created)`` names the
+        process; ``starts`` tells where start addresses lie (ntdll's thread-start thunk, injected code)."""
         merged: Dict[Tuple[int, int], Dict] = {}
         for proc in listed:
             try:
@@ -479,7 +484,7 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
             except exceptions.InvalidAddressException as exc:
                 vollog.warning("thread list of PID %s stopped early: %s", proc.UniqueProcessId, exc)
         try:
-            for thread in thrdscan.ThrdScan.scan_threads(context, kernel_name):
+            for thread in pools.get("thread") if pools else thrdscan.ThrdScan.scan_threads(context, kernel_name):
                 cls._note_thread(merged, thread, "thrdscan")
         except exceptions.InvalidAddressException as exc:
             vollog.warning("thrdscan stopped early: %s", exc)
@@ -516,8 +521,11 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
     # --- network ----------------------------------------------------------------
     @classmethod
     def network_events(cls, context: interfaces.context.ContextInterface, kernel_name: str,
-                       config_path: str, names: Dict[int, str]) -> List[Event]:
-        """Connected/listening events of the TCP/UDP objects netscan finds."""
+                       config_path: str, names: Dict[int, str],
+                       pools: Optional[poolscan.PoolObjects] = None) -> List[Event]:
+        """Connected/listening events of the TCP/UDP objects netscan finds (``pools``' when given)."""
+        if pools:
+            return [event for obj in pools.get(poolscan.NETWORK) for event in cls._socket_events(obj, names)]
         try:
             table = netscan.NetScan.create_netscan_symbol_table(context, kernel_name, config_path)
         except (NotImplementedError, ValueError, exceptions.VolatilityException) as exc:
@@ -730,16 +738,19 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
     def collect(self, sources: Sequence[str]) -> List[Event]:
         """Every event of ``sources``, unfiltered and unsorted, with their flags."""
         kernel = self.config["kernel"]
-        listed, scanned = self.find_processes(self.context, kernel)
+        kinds = ["process"] + [kind for source, kind in (("thread", "thread"), ("network", poolscan.NETWORK))
+                               if source in sources]
+        pools = poolscan.PoolObjects(self.context, kernel, kinds, self.config_path, self._progress_callback)
+        listed, scanned = self.find_processes(self.context, kernel, pools)
         events = self.process_events(self.context, kernel, listed, scanned)
         names = {int(p.UniqueProcessId): vadwalk.process_name(p) for p in [*scanned, *listed]}
         readable = self.readable_processes(self.context, kernel, listed, scanned) \
             if {"thread", "eventlog"} & set(sources) else []
         if "thread" in sources:
             events += self.thread_events(self.context, kernel, listed, process_at(events, names),
-                                         ThreadStarts(self.context, kernel, readable))
+                                         ThreadStarts(self.context, kernel, readable), pools)
         if "network" in sources:
-            events += self.network_events(self.context, kernel, self.config_path, names)
+            events += self.network_events(self.context, kernel, self.config_path, names, pools)
         if "eventlog" in sources:
             events += self._eventlog_events(readable)
         return self.check_times([e for e in events if e.source in sources],

@@ -26,7 +26,7 @@ from volatility3.framework import exceptions, interfaces, renderers
 from volatility3.framework.configuration import requirements
 from volatility3.framework.renderers import format_hints
 
-from . import apiscore, config, hooks, injected, report, timeline, vadsearch, vadwalk
+from . import apiscore, config, hooks, injected, poolscan, report, timeline, vadsearch, vadwalk
 from .output import UsageError, text_cell
 from .report import Evidence, Finding, Indicator, Mark
 
@@ -72,7 +72,8 @@ class Triage(interfaces.plugins.PluginInterface):
     """A verdict per process, with the suite's evidence joined, indicators and a report."""
 
     _required_framework_version = (2, 0, 0)
-    _version = (1, 0, 0)
+    _version = (1, 0, 1)   # 1.0.1: one pool scan for processes, threads, mutants and sockets
+    _pools: Optional[poolscan.PoolObjects] = None     # set by run()
 
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
@@ -80,9 +81,9 @@ class Triage(interfaces.plugins.PluginInterface):
             requirements.VersionRequirement(name="injected", component=injected.InjectedImages, version=(1, 2, 0)),
             requirements.VersionRequirement(name="apiscore", component=apiscore.ApiScore, version=(2, 1, 0)),
             requirements.VersionRequirement(name="hooks", component=hooks.Hooks, version=(1, 1, 0)),
-            requirements.VersionRequirement(name="config", component=config.SpyEyeConfig, version=(1, 1, 0)),
+            requirements.VersionRequirement(name="config", component=config.SpyEyeConfig, version=(1, 3, 0)),
             requirements.VersionRequirement(name="vadsearch", component=vadsearch.VadSearch, version=(1, 1, 0)),
-            requirements.VersionRequirement(name="timeline", component=timeline.Timeline, version=(1, 1, 0)),
+            requirements.VersionRequirement(name="timeline", component=timeline.Timeline, version=(1, 2, 0)),
             *vadwalk.process_filter_requirements(),
             requirements.BooleanRequirement(name="no_files", default=False, optional=True,
                                             description="Write no indicators, images or report (rows only)"),
@@ -122,8 +123,9 @@ class Triage(interfaces.plugins.PluginInterface):
             if space.layer_name:
                 starts.provide(space.proc, timeline.ProcessCode(self.context, kernel, space.proc, protect,
                                                                 space.vads, space.candidates))
-        events += T.thread_events(self.context, kernel, listed, timeline.process_at(events, names), starts)
-        events += T.network_events(self.context, kernel, self.config_path, names)
+        events += T.thread_events(self.context, kernel, listed, timeline.process_at(events, names), starts,
+                                  self._pools)
+        events += T.network_events(self.context, kernel, self.config_path, names, self._pools)
         self._progress_callback(50.0, "Timeline: event-log records")
         events += T.eventlog_events(self.context, kernel, readable, [s.proc for s in spaces if s.layer_name],
                                     not narrowed)
@@ -152,7 +154,7 @@ class Triage(interfaces.plugins.PluginInterface):
             for _, artifact in config.SpyEyeConfig.decode_hits(self.context, layer, hits):
                 if artifact.kind == "mutex_name":
                     if mutants is None:
-                        mutants = config.SpyEyeConfig.live_mutants(self.context, self.config["kernel"])
+                        mutants = config.SpyEyeConfig.live_mutants(self.context, self.config["kernel"], self._pools)
                     config.confirm_mutex(artifact, mutants)
                 found.setdefault(key, []).append(artifact)
         return found
@@ -311,7 +313,9 @@ class Triage(interfaces.plugins.PluginInterface):
                    ("Verdict", str), ("Score", int), ("Reasons", str), ("Plugin", str), ("Evidence", str),
                    ("Address", format_hints.Hex), ("Time", datetime), ("Detail", str)]
         kernel = self.config["kernel"]
-        listed, scanned = timeline.Timeline.find_processes(self.context, kernel)
+        self._pools = poolscan.PoolObjects(self.context, kernel, [*poolscan.TAGS, poolscan.NETWORK], self.config_path,
+                                           self._progress_callback)
+        listed, scanned = timeline.Timeline.find_processes(self.context, kernel, self._pools)
         readable = timeline.Timeline.readable_processes(self.context, kernel, listed, scanned)
         procs = self._selected(listed, scanned, readable)
         return renderers.TreeGrid(columns, self._generator(listed, scanned, readable, procs))
