@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import functools
 import logging
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -27,15 +28,14 @@ from . import injected, poolscan, vadwalk
 from .output import UsageError, text_cell
 from .pageread import PageTableReader
 from .parsers import eventlog
+from .parsers.patterns import PatternSet
 
 vollog = logging.getLogger(__name__)
 
 SOURCES = ("process", "thread", "network", "eventlog")
 WINDOW = 0x100000                          # bytes carved at a time
 OVERLAP = eventlog.CHUNK_SIZE              # a chunk starting in a window is read whole
-# Record magics (every non-empty EVTX chunk holds records), searched without their NUL
-# bytes: bytes.find is slow on needles ending in NUL over zeroed pages.
-MAGICS = ((b"**", b"\0\0"), (b"LfLe", b""))
+MAGICS = (eventlog.RECORD_MAGIC, eventlog.EVT_MAGIC)   # every non-empty EVTX chunk holds records
 VALUE_CAP = 100                            # characters of one event-log value shown in Detail
 # --correlate defaults, see docs/timeline.md "Choosing the burst defaults"
 BURST, BURST_WINDOW, STARTUP = 5, 5, 10
@@ -140,13 +140,14 @@ def carve_windows(chunks: Iterable[Tuple[int, bytes, int]]
 
 
 def magic_offsets(data: bytes) -> Iterator[int]:
-    """Offsets of EVTX and EVT record magics in ``data`` (per magic, in order)."""
-    for head, tail in MAGICS:
-        pos = data.find(head)
-        while pos >= 0:
-            if data.startswith(tail, pos + len(head)):
-                yield pos
-            pos = data.find(head, pos + 1)
+    """Offsets of EVTX and EVT record magics in ``data`` (one pass of the suite's literal
+    matcher for both; not in order)."""
+    return (hit.offset for hit in _magic_patterns().scan(data))
+
+
+@functools.lru_cache(maxsize=1)
+def _magic_patterns() -> PatternSet:
+    return PatternSet(hex_patterns=[magic.hex() for magic in MAGICS])
 
 
 def _noting_frames(physical, frames: Set[int], progress) -> Iterator[Tuple[int, bytes, int]]:
