@@ -78,3 +78,11 @@ def win10_real_isf_image(tmp_path_factory) -> Tuple[Path, Dict]:
     if not REAL_WIN10_ISF.exists():
         pytest.skip(f"no real Windows 10 19041 x64 ISF at {REAL_WIN10_ISF} (set SPYEYE_WIN10_ISF)")
     return _build_os(tmp_path_factory, "win10real", "win10-x64", REAL_WIN10_ISF)
+
+
+# --- Windows 7 SP1 x86 images: fixtures.profiles "win7-x86" (project table only: no real x86 ISF) ---
+
+@pytest.fixture(scope="session")
+def win7_x86_image(tmp_path_factory) -> Tuple[Path, Dict]:
+    """(image path, ground truth) of the default scenario on Windows 7 SP1 x86 (non-PAE)."""
+    return _build_os(tmp_path_factory, "win7x86", "win7-x86")

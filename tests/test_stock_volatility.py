@@ -1,5 +1,6 @@
 """Stock Volatility 3 plugins must report exactly the ground truth, on every OS profile
-(Windows 7 SP1 x64, Windows 10 19041 x64), with the project's table and the real one."""
+(Windows 7 SP1 x64, Windows 10 19041 x64, Windows 7 SP1 x86), with the project's table and,
+where one exists here, the real one."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -17,6 +18,7 @@ IMAGES = {  # param -> (image fixture, real ISF or None)
     "win7-real-isf": ("win7_real_isf_image", REAL_WIN7_ISF),
     "win10-project-isf": ("win10_image", None),
     "win10-real-isf": ("win10_real_isf_image", REAL_WIN10_ISF),
+    "win7x86-project-isf": ("win7_x86_image", None),
 }
 
 
@@ -56,7 +58,8 @@ def test_info_reports_kernel_dtb_version_and_time(built):
     assert (info["PE MajorOperatingSystemVersion"], info["PE MinorOperatingSystemVersion"]) == (
         str(version.nt_major), str(version.nt_minor))
     assert info["SystemTime"].startswith("2011-11-27 11:00:17")
-    assert info["PE Machine"] == "34404"
+    assert info["PE Machine"] == str(profile.machine)
+    assert (info["Is64Bit"], info["IsPAE"]) == (str(profile.pointer_size == 8), "False")
     # the KDBG's rows appear only where the block is stored in clear (Windows 7; Windows 10 encodes it)
     kdbg_rows = {"NTBuildLab": version.build_lab[:32], "CSDVersion": str(version.csd_version >> 8)}
     shown = {k: info[k] for k in kdbg_rows if k in info}
