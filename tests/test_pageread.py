@@ -159,19 +159,24 @@ def _random_tables(cls, rng: random.Random, frames: int = 512) -> Tuple[bytearra
     return memory, table(0)
 
 
+def _random_layer(cls, rng: random.Random, path) -> "intel.Intel":
+    """A ``cls`` layer over random paging structures written to ``path``."""
+    memory, dtb = _random_tables(cls, rng)
+    path.write_bytes(memory)
+    context = contexts.Context()
+    context.config["phys.location"] = path.as_uri()
+    context.layers.add_layer(physical.FileLayer(context, "phys", "phys"))
+    context.config["virt.memory_layer"], context.config["virt.page_map_offset"] = "phys", dtb
+    layer = cls(context, "virt", "virt")
+    context.layers.add_layer(layer)
+    return layer
+
+
 @pytest.mark.parametrize("cls", [intel.WindowsIntel, intel.WindowsIntelPAE, intel.WindowsIntel32e])
 def test_random_x86_pae_and_x64_page_tables_read_like_volatility(cls, tmp_path):
     rng = random.Random(cls.__name__)
     for trial in range(3):
-        memory, dtb = _random_tables(cls, rng)
-        path = tmp_path / f"{trial}.bin"
-        path.write_bytes(memory)
-        context = contexts.Context()
-        context.config["phys.location"] = path.as_uri()
-        context.layers.add_layer(physical.FileLayer(context, "phys", "phys"))
-        context.config["virt.memory_layer"], context.config["virt.page_map_offset"] = "phys", dtb
-        layer = cls(context, "virt", "virt")
-        context.layers.add_layer(layer)
+        layer = _random_layer(cls, rng, tmp_path / f"{trial}.bin")
         top = layer.maximum_address
         mapped = [m[0] for m in layer.mapping(0, top, ignore_errors=True)][:200]
         assert mapped
@@ -185,3 +190,30 @@ def test_random_x86_pae_and_x64_page_tables_read_like_volatility(cls, tmp_path):
             assert list(reader.frames(address, length)) == _volatility_frames(layer, address, length)
             got = reader.read_mapped(address, length)
             assert got == expected or (got is None and not any(expected))
+
+
+@pytest.mark.parametrize("cls_name", ["WindowsIntel", "WindowsIntelPAE", "WindowsIntel32e"])
+def test_next_mapped_and_absent_agree_with_volatility_page_by_page(cls_name, tmp_path):
+    """On random paging structures (valid, large, transition, prototype, swapped entries),
+    ``next_mapped`` finds the first page with an entry and ``absent`` lists exactly the pages
+    ``layer.is_valid`` refuses; a walk from below the top of the address space stops there."""
+    cls = getattr(intel, cls_name)
+    rng = random.Random(f"damage:{cls_name}")
+    layer = _random_layer(cls, rng, tmp_path / "tables.bin")
+    reader = PageTableReader(layer)
+    mapped = sorted({offset for offset, *_ in layer.mapping(0, layer.maximum_address, ignore_errors=True)})
+    assert mapped
+    for address in rng.sample(mapped, min(20, len(mapped))):
+        start = max(0, address - rng.randrange(0x40000))
+        found = reader.next_mapped(start, layer.maximum_address + 1)
+        assert found is not None and found <= address
+        assert not reader.absent(found, 1) or reader._walk(found)[0] != 2     # an entry, if not readable
+        length = 0x10000
+        expected = [page for page in range(start & ~0xFFF, start + length, 0x1000)
+                    if not layer.is_valid(max(page, start), 1)]
+        got = [page for lo, hi in reader.absent(start, length) for page in range(lo & ~0xFFF, hi, 0x1000)]
+        assert got == expected, (hex(start), cls_name)
+    top = layer.maximum_address + 1         # a walk from below the top never wraps past it
+    below = reader.next_mapped(top - (1 << 30), top << 1)
+    assert below is None or below < top
+    assert reader.absent(top - 0x1000, 0x3000)[-1][1] == top + 0x2000

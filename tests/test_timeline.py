@@ -233,16 +233,20 @@ def test_freed_records_report_physical_offsets_and_holders_report_pid_and_va(win
     assert len({a for a in by_address if a[0] == "physical"}) == 6, "mapped records must not repeat as freed"
 
 
+# (flag, PID) of the --correlate parent rows on the bundled scenario, in order
+STORY_FLAGS = [("before-boot", None), ("other-computer", None),
+               ("injected-thread-start", 1484), ("thread-burst", 1484),
+               ("connect-after-start", 1484), ("connect-after-start", 1484),
+               ("injected-thread-start", 2172), ("thread-burst", 2172),
+               ("injected-thread-start", 2356), ("thread-burst", 2356),
+               ("after-exit", 2940), ("other-computer", None), ("after-capture", None)]
+
+
 def test_correlation_flags_fire_on_the_story_and_name_their_rows(win7_image):
     image, truth = win7_image
     flags = run_plugin(image, PLUGIN, {"correlate": True})
     top = [(r["Action"], r["PID"]) for r in flags if r["__depth"] == 0]
-    assert top == [("before-boot", None), ("other-computer", None),
-                   ("injected-thread-start", 1484), ("thread-burst", 1484),
-                   ("connect-after-start", 1484), ("connect-after-start", 1484),
-                   ("injected-thread-start", 2172), ("thread-burst", 2172),
-                   ("injected-thread-start", 2356), ("thread-burst", 2356),
-                   ("after-exit", 2940), ("other-computer", None), ("after-capture", None)]
+    assert top == STORY_FLAGS
     groups = [g for g in _groups(flags) if g[0]["PID"] is not None]
     bot_start = exact(next(p["create_time"] for p in truth["processes"] if p["pid"] == 3012))
     connect = groups[2]
