@@ -19,6 +19,7 @@ import tests.test_spyeye_config as config
 import tests.test_timeline as timeline
 import tests.test_triage as triage
 import tests.test_vadsearch as vadsearch
+import tests.test_vadwalk as vadwalk
 import tests.test_xpnet as xpnet
 from tests.vol_runner import FileCollector, run_cli, run_plugin
 
@@ -97,6 +98,8 @@ CHECKS = [
     (timeline, "test_freed_records_report_physical_offsets_and_holders_report_pid_and_va"),
     (timeline, "test_rows_after_the_capture_or_before_the_boot_are_flagged"),
     (timeline, "test_every_event_log_row_names_its_computer_and_others_are_flagged"),
+    (vadwalk, "test_vad_facts_match_volatility_helpers_for_every_vad"),
+    (vadwalk, "test_image_flag_and_sizes_from_the_truth"),
     (vadsearch, "test_every_resident_plant_found_with_process_vad_addresses_and_context"),
     (vadsearch, "test_straddling_hits_found_flagged_scattered_and_missed_by_linear_scan"),
     (vadsearch, "test_paged_out_keyword_is_not_reported"),
