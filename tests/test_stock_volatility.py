@@ -179,6 +179,27 @@ def test_dlllist_and_cmdline_read_the_peb(built):
             assert cmd[proc["pid"]] == proc["cmdline"]
 
 
+def test_ldrmodules_lists_every_mz_vad_with_its_loader_list_membership(built):
+    """Every VAD that starts with ``MZ``: modules with the PEB (or, WoW64, PEB32) lists they are
+    in (an .exe is never in the init-order list), and injected images in private memory, in no
+    list and without a file."""
+    _, truth, _ = built
+    linked = {p["pid"] for p in truth["processes"] if p["linked"] and p["pid"] != 4}
+    rows = run(built, "windows.malware.ldrmodules.LdrModules")
+    got = {(r["Pid"], r["Base"], r["InLoad"], r["InInit"], r["InMem"], r["MappedPath"]) for r in rows}
+    want = set()
+    for m in truth["modules"]:
+        if m["pid"] in linked:
+            load, mem, init = m["in_lists"]
+            want.add((m["pid"], m["base"], load, init and not m["name"].lower().endswith(".exe"), mem,
+                      m["path"][2:] if m["path"][1:2] == ":" else m["path"]))
+    for p in truth["plants"]:
+        if p["pid"] in linked and p["va"] == p["vad_start"] and p["resident"] and p["data"].startswith("4d5a"):
+            want.add((p["pid"], p["va"], False, False, False, None))
+    assert got == want
+    assert any(not any(m["in_lists"]) for m in truth["modules"] if m["pid"] in linked)
+
+
 def test_netscan_reports_endpoints_listeners_and_closed_connection(built):
     _, truth, _ = built
     rows = run(built, "windows.netscan.NetScan")
