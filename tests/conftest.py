@@ -86,3 +86,9 @@ def win10_real_isf_image(tmp_path_factory) -> Tuple[Path, Dict]:
 def win7_x86_image(tmp_path_factory) -> Tuple[Path, Dict]:
     """(image path, ground truth) of the default scenario on Windows 7 SP1 x86 (non-PAE)."""
     return _build_os(tmp_path_factory, "win7x86", "win7-x86")
+
+
+@pytest.fixture(scope="session")
+def xp_x86_image(tmp_path_factory) -> Tuple[Path, Dict]:
+    """(image path, ground truth) of the default scenario on Windows XP SP3 x86 (non-PAE)."""
+    return _build_os(tmp_path_factory, "xpx86", "xp-x86")

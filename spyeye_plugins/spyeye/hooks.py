@@ -198,7 +198,7 @@ class Hooks(interfaces.plugins.PluginInterface):
     """Reports inline, IAT, EAT and syscall-stub hooks and modified code in process modules."""
 
     _required_framework_version = (2, 0, 0)
-    _version = (1, 1, 0)   # 1.0.1: evidence rows repeat the target; 1.1: process_view(candidates=)
+    _version = (1, 1, 1)   # 1.0.1: evidence rows repeat the target; 1.1: process_view(candidates=); 1.1.1: x86 EAT targets wrap
 
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
@@ -363,8 +363,9 @@ class Hooks(interfaces.plugins.PluginInterface):
             if export.forwarder is not None or export.rva < module.size:
                 continue
             slot = hp.eat_slot_rva(tables, export.ordinal) if tables else None
+            target = export.address & ((1 << module.bits) - 1)   # x86: base + RVA wraps at 4 GiB
             hook = Hook(module, export.name or f"#{export.ordinal}", "eat", "eat",
-                        module.base + slot if slot is not None else export.address, export.address)
+                        module.base + slot if slot is not None else target, target)
             hook.evidence.append(("export RVA", f"{export.rva:#x} past SizeOfImage {module.size:#x}"))
             yield hook
 
