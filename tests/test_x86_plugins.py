@@ -1,6 +1,6 @@
 """The suite's plugins on the Windows 7 SP1 x86 image (issue 14 part 6).
 
-Each plugin runs once on ``win7_x86_image`` (module-scoped fixtures); the Windows 7 x64 image
+Each plugin runs once per 32-bit image (``x86_image``: Windows 7 SP1 x86, then XP SP3; module-scoped fixtures); the Windows 7 x64 image
 tests' own checks then run on those rows (``CHECKS``), so both builds assert the same
 ground-truth facts: two-level paging under the page reader, 4-byte pointers in every list and
 VAD, x86 PE images and x86 disassembly in every process (firefox.exe, WoW64 on x64, is native
@@ -24,50 +24,56 @@ from tests.vol_runner import FileCollector, run_cli, run_plugin
 
 
 # --- one run per plugin ----------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def timeline_rows(win7_x86_image) -> List[Dict]:
-    return run_plugin(win7_x86_image[0], timeline.PLUGIN)
+@pytest.fixture(scope="module", params=["win7_x86_image", "xp_x86_image"], ids=["win7x86", "xpx86"])
+def x86_image(request):
+    """Each 32-bit build in turn: the module's checks run on Windows 7 SP1 x86, then XP SP3."""
+    return request.getfixturevalue(request.param)
 
 
 @pytest.fixture(scope="module")
-def timeline_flags(win7_x86_image) -> List[Dict]:
-    return run_plugin(win7_x86_image[0], timeline.PLUGIN, {"correlate": True})
+def timeline_rows(x86_image) -> List[Dict]:
+    return run_plugin(x86_image[0], timeline.PLUGIN)
 
 
 @pytest.fixture(scope="module")
-def vadsearch_hits(win7_x86_image) -> List[Dict]:
-    return run_plugin(win7_x86_image[0], "spyeye.vadsearch.VadSearch",
+def timeline_flags(x86_image) -> List[Dict]:
+    return run_plugin(x86_image[0], timeline.PLUGIN, {"correlate": True})
+
+
+@pytest.fixture(scope="module")
+def vadsearch_hits(x86_image) -> List[Dict]:
+    return run_plugin(x86_image[0], "spyeye.vadsearch.VadSearch",
                       {"keyword": vadsearch.KEYWORDS, "compare_physical": True, "hexdump": True})
 
 
 @pytest.fixture(scope="module")
-def config_found(win7_x86_image) -> Dict:
-    return config._artifacts(run_plugin(win7_x86_image[0], config.PLUGIN))
+def config_found(x86_image) -> Dict:
+    return config._artifacts(run_plugin(x86_image[0], config.PLUGIN))
 
 
 @pytest.fixture(scope="module")
-def injected_regions(win7_x86_image) -> Dict:
-    return injected._regions(run_plugin(win7_x86_image[0], injected.PLUGIN, {"exports": True}))
+def injected_regions(x86_image) -> Dict:
+    return injected._regions(run_plugin(x86_image[0], injected.PLUGIN, {"exports": True}))
 
 
 @pytest.fixture(scope="module")
-def apiscore_rows(win7_x86_image) -> List[Dict]:
-    return run_plugin(win7_x86_image[0], apiscore.PLUGIN, {"pid": [1484, 2356], "verbose": True})
+def apiscore_rows(x86_image) -> List[Dict]:
+    return run_plugin(x86_image[0], apiscore.PLUGIN, {"pid": [1484, 2356], "verbose": True})
 
 
 @pytest.fixture(scope="module")
-def every_hook(win7_x86_image) -> List:
-    return hooks._tree(run_plugin(win7_x86_image[0], hooks.PLUGIN, {"all": True}))
+def every_hook(x86_image) -> List:
+    return hooks._tree(run_plugin(x86_image[0], hooks.PLUGIN, {"all": True}))
 
 
 @pytest.fixture(scope="module")
-def planted(win7_x86_image) -> List[Dict]:
-    return win7_x86_image[1]["hooks"]
+def planted(x86_image) -> List[Dict]:
+    return x86_image[1]["hooks"]
 
 
 @pytest.fixture(scope="module")
-def triage_run(win7_x86_image):
-    rows = run_plugin(win7_x86_image[0], triage.PLUGIN)
+def triage_run(x86_image):
+    rows = run_plugin(x86_image[0], triage.PLUGIN)
     files = dict(FileCollector.files)
     tree: List = []
     for row in rows:
@@ -80,7 +86,7 @@ def triage_run(win7_x86_image):
 
 # --- the Windows 7 image tests' checks, on the Windows 10 rows -------------------------------
 # (module, check): the check's parameters are filled from the fixture of the same name, with
-# win7_image -> win7_x86_image and the per-module names in RENAMED.
+# win7_image -> x86_image and the per-module names in RENAMED.
 RENAMED = {
     timeline: {"rows": "timeline_rows"},
     vadsearch: {"hits": "vadsearch_hits"},
@@ -161,11 +167,11 @@ def _expand(checks):
 
 
 @pytest.mark.parametrize("module, name, given", list(_expand(CHECKS)))
-def test_windows7_x64_check_holds_on_x86(request, monkeypatch, module, name, given):
+def test_windows7_x64_check_holds_on_x86(request, monkeypatch, x86_image, module, name, given):
     for attribute, value in X86_NAMES.get(module, {}).items():
         monkeypatch.setattr(module, attribute, value)
     check = getattr(module, name)
-    fixtures = {"win7_image": "win7_x86_image", **RENAMED.get(module, {})}
+    fixtures = {"win7_image": "x86_image", **RENAMED.get(module, {})}
     args = {p: given[p] if p in given else request.getfixturevalue(fixtures.get(p, p))
             for p in inspect.signature(check).parameters}
     check(**args)
@@ -190,9 +196,9 @@ def test_xpnet_refuses_windows_7_x86_in_one_line(win7_x86_image):
         "(use windows.netscan)"]
 
 
-def test_native_system_dlls_in_the_peb_lists_are_silent(win7_x86_image, injected_regions):
+def test_native_system_dlls_in_the_peb_lists_are_silent(x86_image, injected_regions):
     """x86 has no WoW64: the x86 system DLLs are in the native PEB lists, and silent."""
-    _, truth = win7_x86_image
+    _, truth = x86_image
     listed = [(m["pid"], m["base"]) for m in truth["modules"] if all(m["in_lists"])]
     assert not any(m["wow64"] for m in truth["modules"])
     assert len(listed) >= 8 and not set(listed) & set(injected_regions)
@@ -204,8 +210,8 @@ X86_NEGATIVE_SCORES = {  # label: (score, traits, the function whose window scor
 }
 
 
-def test_normal_code_and_the_compiled_dll_score_low_in_x86(win7_x86_image, apiscore_rows):
-    _, truth = win7_x86_image
+def test_normal_code_and_the_compiled_dll_score_low_in_x86(x86_image, apiscore_rows):
+    _, truth = x86_image
     negatives = apiscore._plants(truth, "negative")
     assert sorted(p["label"] for p in negatives) == sorted(
         ["apiscore-iat_calls-x86", "apiscore-compiled-x86"] * 2 + ["apiscore-benign-dll-x86"])
@@ -215,8 +221,8 @@ def test_normal_code_and_the_compiled_dll_score_low_in_x86(win7_x86_image, apisc
         assert (row["Confidence"], row["APIs"], row["Mode"]) == ("low", "", "x86")
 
 
-def test_mapped_x86_dll_is_decoded_from_its_entry_point_and_exports(win7_x86_image, apiscore_rows):
-    _, truth = win7_x86_image
+def test_mapped_x86_dll_is_decoded_from_its_entry_point_and_exports(x86_image, apiscore_rows):
+    _, truth = x86_image
     row = apiscore._row(apiscore_rows, apiscore._plant(truth, "apiscore-benign-dll-x86"))
     assert row["Method"] == "entry points" and row["Instructions"] > 10 and row["Mode"] == "x86"
     assert "PE signature" in row["Reason"] and "machine x86" in row["Reason"]
@@ -232,10 +238,10 @@ def test_syscall_number_change_shows_both_numbers_of_native_x86_stubs(every_hook
                            f"(x86 native stub)"], hooks._label(plant)
 
 
-def test_syscall_jmp_hooks_sit_over_each_stub_form(win7_x86_image, planted):
+def test_syscall_jmp_hooks_sit_over_each_stub_form(x86_image, planted):
     """explorer's native stub is patched over ``mov edx, 7FFE0300h; call [edx]`` (entry + 5),
     and the patched bytes are a jump and two nops in the process's memory."""
-    image, _ = win7_x86_image
+    image, _ = x86_image
     (plant,) = [p for p in planted if p["technique"] == "syscall_jmp" and p["pid"] == 1484]
     assert plant["patch_address"] == plant["entry"] + 5
     assert bytes.fromhex(plant["original"]) == b"\xba\x00\x03\xfe\x7f\xff\x12"

@@ -110,6 +110,8 @@ class PoolObjects:
 
     @staticmethod
     def _network_constraints(context, kernel_module_name: str, config_path: Optional[str]) -> List:
+        if versions.is_windows_xp(context, context.modules[kernel_module_name].symbol_table_name):
+            return []    # XP's TCPT/TCPA objects: spyeye.xpnet (netscan starts at Vista)
         try:
             table = netscan.NetScan.create_netscan_symbol_table(context, kernel_module_name, config_path)
         except (NotImplementedError, ValueError, exceptions.VolatilityException) as exc:

@@ -24,10 +24,10 @@ from volatility3.framework.symbols.windows.extensions import network
 from volatility3.plugins import timeliner
 from volatility3.plugins.windows import info, netscan, poolscanner, pslist, psscan, thrdscan, threads
 
-from . import injected, poolscan, vadwalk
+from . import injected, poolscan, vadwalk, xpnet
 from .output import UsageError, text_cell
 from .pageread import PageTableReader
-from .parsers import eventlog
+from .parsers import eventlog, xp_network
 from .parsers.patterns import PatternSet
 
 vollog = logging.getLogger(__name__)
@@ -92,6 +92,13 @@ class Flag:
 def filetime(value: int) -> Optional[datetime]:
     """Exact (microsecond) UTC time of a FILETIME; None when unset."""
     return eventlog.filetime_to_datetime(int(value))
+
+
+def thread_created(thread) -> int:
+    """``_ETHREAD.CreateTime`` as a FILETIME: XP's (the build with ``ThreadsProcess``) holds it
+    shifted left by 3, as Volatility's ``ETHREAD.get_create_time`` reads it."""
+    raw = int(thread.CreateTime.QuadPart)
+    return raw >> 3 if thread.has_member("ThreadsProcess") else raw
 
 
 def _merge_provenance(list_name: str, scan_name: str, seen: Set[str], exited: bool) -> str:
@@ -381,9 +388,10 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
     """Exact timeline of processes, threads, sockets and carved event-log records."""
 
     _required_framework_version = (2, 0, 0)
-    _version = (1, 2, 0)   # 1.1: ThreadStarts.provide, ProcessCode(vads=, candidates=), eventlog_events, Event.peer;
+    _version = (1, 3, 0)   # 1.1: ThreadStarts.provide, ProcessCode(vads=, candidates=), eventlog_events, Event.peer;
     # 1.1.1: pool-scanned processes on the kernel layer (Windows 10); 1.2: find_processes,
-    # thread_events, network_events take pools= (one pool scan for every kind: poolscan.py)
+    # thread_events, network_events take pools= (one pool scan for every kind: poolscan.py);
+    # 1.3: XP's network events (xp_network_events, spyeye.xpnet), XP thread create times
 
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
@@ -399,6 +407,7 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
             requirements.VersionRequirement(name="info", component=info.Info, version=(2, 0, 0)),
             requirements.VersionRequirement(name="injected", component=injected.InjectedImages,
                                             version=(1, 0, 0)),
+            requirements.VersionRequirement(name="xpnet", component=xpnet.XpNet, version=(1, 1, 0)),
             requirements.ListRequirement(name="source", element_type=choice(SOURCES), optional=True,
                                          description=f"Sources to include: {', '.join(SOURCES)} (default all)"),
             requirements.StringRequirement(name="after", optional=True,
@@ -508,7 +517,7 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
     def _note_thread(merged: Dict, thread, origin: str) -> None:
         try:
             pid, tid = int(thread.Cid.UniqueProcess), int(thread.Cid.UniqueThread)
-            create, exit_ = int(thread.CreateTime.QuadPart), int(thread.ExitTime.QuadPart)
+            create, exit_ = thread_created(thread), int(thread.ExitTime.QuadPart)
             start, win32 = int(thread.StartAddress), int(thread.Win32StartAddress)
         except exceptions.InvalidAddressException:
             return
@@ -524,7 +533,10 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
     def network_events(cls, context: interfaces.context.ContextInterface, kernel_name: str,
                        config_path: str, names: Dict[int, str],
                        pools: Optional[poolscan.PoolObjects] = None) -> List[Event]:
-        """Connected/listening events of the TCP/UDP objects netscan finds (``pools``' when given)."""
+        """Connected/listening events of the TCP/UDP objects netscan finds (``pools``' when given;
+        on Windows XP, the TCPT/TCPA objects ``spyeye.xpnet`` finds)."""
+        if xpnet.XpNet.os_problem(context, kernel_name) is None:
+            return cls.xp_network_events(context, kernel_name, config_path, names)
         if pools:
             return [event for obj in pools.get(poolscan.NETWORK) for event in cls._socket_events(obj, names)]
         try:
@@ -541,6 +553,33 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
                     events.extend(cls._socket_events(obj, names))
             except exceptions.InvalidAddressException as exc:
                 vollog.warning("netscan (%r) stopped early: %s", constraint.tag, exc)
+        return events
+
+    @staticmethod
+    def xp_network_events(context: interfaces.context.ContextInterface, kernel_name: str,
+                          config_path: str, names: Dict[int, str]) -> List[Event]:
+        """XP: a connection at the time of the socket it was made through, other sockets
+        listening from their creation; a connection no socket dates is left out, with a warning."""
+        found = [obj for _, obj in xpnet.XpNet.scan(context, kernel_name, config_path)]
+        bound = xp_network.bound_sockets(found)
+        events = []
+        for obj in found:
+            where = f"xpnet (pool scan) {'freed ' if obj.freed else ''}{obj.kind} @ {obj.offset:#x}"
+            if obj.kind == "socket" and obj not in bound.values():
+                state = " LISTENING" if obj.proto == "TCP" else ""
+                events.append(Event(obj.created, "network", "listening", obj.pid, names.get(obj.pid),
+                                    f"{obj.proto}v4 {obj.local_addr}:{obj.local_port}{state}", where))
+            elif obj in bound:
+                socket = bound[obj]
+                events.append(Event(
+                    socket.created, "network", "connected", obj.pid, names.get(obj.pid),
+                    f"TCPv4 {obj.local_addr}:{obj.local_port} -> {obj.remote_addr}:{obj.remote_port}"
+                    f"{' CLOSED' if obj.freed else ''}", f"{where}, time of its socket @ {socket.offset:#x}",
+                    peer=(obj.remote_addr, obj.remote_port)))
+        undated = sum(1 for obj in found if obj.kind == "connection" and obj not in bound)
+        if undated:
+            vollog.warning("%d XP connection(s) have no socket to date them: not in the timeline "
+                           "(spyeye.xpnet lists them)", undated)
         return events
 
     @staticmethod
@@ -694,7 +733,7 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
             created = filetime(system.CreateTime.QuadPart)
             if created is None:
                 system_threads = threads.Threads.list_threads(context, kernel_name, system)
-                created = min(filter(None, (filetime(t.CreateTime.QuadPart) for t in system_threads)), default=None)
+                created = min(filter(None, (filetime(thread_created(t)) for t in system_threads)), default=None)
         except exceptions.InvalidAddressException:
             return None
         return created

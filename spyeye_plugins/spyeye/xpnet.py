@@ -72,7 +72,7 @@ class XpNet(interfaces.plugins.PluginInterface):
     """Lists Windows XP x86 TCP connections and sockets (TCPT/TCPA pool blocks, in use and freed)."""
 
     _required_framework_version = (2, 0, 0)
-    _version = (1, 0, 0)
+    _version = (1, 1, 0)   # 1.1: row(socket=): a connection dated by the socket it was made through
 
     @classmethod
     def get_requirements(cls) -> List[interfaces.configuration.RequirementInterface]:
@@ -146,22 +146,28 @@ class XpNet(interfaces.plugins.PluginInterface):
 
     # --- the plugin ---------------------------------------------------------------
     @staticmethod
-    def row(tag: bytes, obj: NetObject, owner: Optional[str], origin: Optional[str]) -> tuple:
-        """One row of :data:`COLUMNS`."""
+    def row(tag: bytes, obj: NetObject, owner: Optional[str], origin: Optional[str],
+            socket: Optional[NetObject] = None) -> tuple:
+        """One row of :data:`COLUMNS`; a connection's time is that of ``socket``, the address
+        object it was made through (:func:`.parsers.xp_network.bound_sockets`)."""
         provenance = f"pool scan, {tag.decode()} block {'freed' if obj.freed else 'in use'}"
         if origin:
             provenance += f"; owner from {origin}"
+        if socket is not None:
+            provenance += f"; time of its socket (TCPA @ {socket.offset:#x})"
+        created = socket.created if socket is not None else obj.created
         return (format_hints.Hex(obj.offset), obj.proto, obj.local_addr, obj.local_port,
                 obj.remote_addr if obj.remote_addr is not None else "*", obj.remote_port or 0,
                 obj.state, obj.pid, text_cell(owner) if owner else renderers.NotAvailableValue(),
-                obj.created if obj.created else renderers.NotApplicableValue(), provenance)
+                created if created else renderers.NotAvailableValue(), provenance)
 
     def _generator(self):
         kernel = self.config["kernel"]
         found = list(self.scan(self.context, kernel, self.config_path, self._progress_callback))
+        bound = xp_network.bound_sockets(obj for _, obj in found)
         names = self.owner_names(self.context, kernel, {obj.pid for _, obj in found})
-        for selection in selected(found, names, self.config.get("pid"), self.config.get("name")):
-            yield 0, self.row(*selection)
+        for tag, obj, owner, origin in selected(found, names, self.config.get("pid"), self.config.get("name")):
+            yield 0, self.row(tag, obj, owner, origin, bound.get(obj))
 
     def run(self) -> renderers.TreeGrid:
         """Non-XP images and bad ``--pid``/``--name`` fail here with one line."""

@@ -199,3 +199,26 @@ def test_rows_render_as_json(layouts):
          "RemotePort": 0, "State": "socket", "PID": 4, "Owner": None, "Created": CREATED.isoformat(),
          "Provenance": "pool scan, TCPA block in use"},
     ]
+
+
+def _net(kind, pid, lport, created=None, freed=False, local="192.168.1.10", proto="TCP", offset=0):
+    remote = ("91.211.117.12", 80) if kind == "connection" else (None, None)
+    return xn.NetObject(kind, proto, local, lport, *remote, pid, created, freed, offset)
+
+
+def test_each_connection_is_dated_by_the_socket_bound_to_its_port():
+    """Same PID and local port, TCP, local address or 0.0.0.0; freed like the connection first,
+    then the latest; a socket dates one connection; a listener elsewhere is left alone."""
+    later = CREATED.replace(minute=30)
+    conn, closed = _net("connection", 1484, 1042), _net("connection", 1484, 1043, freed=True)
+    own = _net("socket", 1484, 1042, CREATED, offset=1)
+    freed_old, freed_new = (_net("socket", 1484, 1043, t, freed=True, offset=o) for t, o in ((CREATED, 2), (later, 3)))
+    live_reuse = _net("socket", 1484, 1043, later.replace(hour=10), offset=4)
+    others = [_net("socket", 1488, 1042, CREATED),                         # another process
+              _net("socket", 1484, 1042, CREATED, proto="UDP"),            # not TCP
+              _net("socket", 1484, 1042, CREATED, local="10.0.0.1"),       # another address
+              _net("socket", 4, 445, CREATED, local="0.0.0.0")]            # a listener
+    assert xn.bound_sockets([conn, closed, own, freed_old, freed_new, live_reuse, *others]) == {
+        conn: own, closed: freed_new}
+    assert xn.bound_sockets([conn, _net("connection", 1484, 1042, offset=9), own]) == {conn: own}
+    assert xn.bound_sockets([conn, *others]) == {}

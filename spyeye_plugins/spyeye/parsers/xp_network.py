@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Dict, Mapping, Optional, Union
+from typing import Dict, Iterable, List, Mapping, Optional, Union
 
 from .eventlog import filetime_to_datetime
 
@@ -130,3 +130,24 @@ def decode_socket(body: bytes, layout: StructLayout, offset: int = 0,
 
 
 DECODERS = {"connection": decode_connection, "socket": decode_socket}
+
+
+def bound_sockets(found: Iterable[NetObject]) -> Dict[NetObject, NetObject]:
+    """Connection -> the socket (address object) it was made through.
+
+    XP's ``_TCPT_OBJECT`` has no time; the ``_ADDRESS_OBJECT`` a client socket bound to its
+    local port has, so it dates the connection.  The socket is TCP, of the same PID and local
+    port, on the connection's local address or 0.0.0.0; of several, one freed (or not) like
+    the connection, then the latest created.  A socket dates one connection at most."""
+    objects = list(found)
+    sockets: Dict[tuple, List[NetObject]] = {}
+    for obj in objects:
+        if obj.kind == "socket" and obj.proto == "TCP":
+            sockets.setdefault((obj.pid, obj.local_port), []).append(obj)
+    out: Dict[NetObject, NetObject] = {}
+    for conn in (o for o in objects if o.kind == "connection"):
+        candidates = [s for s in sockets.get((conn.pid, conn.local_port), [])
+                      if s.local_addr in (conn.local_addr, "0.0.0.0") and s not in out.values()]
+        if candidates:
+            out[conn] = max(candidates, key=lambda s: (s.freed == conn.freed, s.created))
+    return out
