@@ -8,6 +8,7 @@ here).  Where the x64 check names an x64 value, the check below states the x86 o
 from __future__ import annotations
 
 import inspect
+from datetime import datetime, timezone
 from typing import Dict, List
 
 import pytest
@@ -166,8 +167,16 @@ def _expand(checks):
                                id=f"{module.__name__.rsplit('.', 1)[1]}::{name}[{'-'.join(map(str, values))}]")
 
 
+XP_OWN = {  # checks stating Windows 7's .evtx texts: XP's .Evt records are checked by the tests named
+    "test_every_event_log_row_names_its_computer_and_others_are_flagged": "test_xp_event_log_rows_name_their_computer",
+    "test_exited_dropper_is_suspicious_on_timeline_evidence": "test_xp_exited_dropper_is_suspicious_on_timeline_evidence",
+}
+
+
 @pytest.mark.parametrize("module, name, given", list(_expand(CHECKS)))
 def test_windows7_x64_check_holds_on_x86(request, monkeypatch, x86_image, module, name, given):
+    if x86_image[1]["os"] == "xp-x86" and name in XP_OWN:
+        pytest.skip(f"XP logs .Evt records: {XP_OWN[name]}")
     for attribute, value in X86_NAMES.get(module, {}).items():
         monkeypatch.setattr(module, attribute, value)
     check = getattr(module, name)
@@ -246,3 +255,68 @@ def test_syscall_jmp_hooks_sit_over_each_stub_form(x86_image, planted):
     assert plant["patch_address"] == plant["entry"] + 5
     assert bytes.fromhex(plant["original"]) == b"\xba\x00\x03\xfe\x7f\xff\x12"
     assert bytes.fromhex(plant["patch"])[0] == 0xE9 and bytes.fromhex(plant["patch"])[5:] == b"\x90\x90"
+
+
+def _evt_records(blob: bytes):
+    """(offset, record number, TimeGenerated, event ID) of each record of an ``.Evt`` file,
+    walked by its own lengths from the 0x30-byte header to the EOF record."""
+    import struct
+    pos, out = 0x30, []
+    while True:
+        length, magic, number, generated, _, event_id = struct.unpack_from("<I4sIIII", blob, pos)
+        if magic != b"LfLe":
+            return out
+        out.append((pos, number, datetime.fromtimestamp(generated, timezone.utc), event_id & 0xFFFF))
+        pos += length
+
+
+def test_xp_event_logs_are_evt_files_carved_from_services_exe(x86_image, timeline_rows):
+    """XP: SysEvent/SecEvent/AppEvent.Evt mapped by services.exe, each record a row at its
+    address with its number, event ID and whole-second time; the damaged record left out."""
+    _, truth = x86_image
+    logs = [p for p in truth["plants"] if p["kind"] == "evt-file"]
+    if truth["os"] != "xp-x86":
+        assert not logs
+        pytest.skip("Windows 7 keeps .evtx logs (the x64 checks above)")
+    assert sorted(p["label"] for p in logs) == ["timeline-AppEvent.Evt", "timeline-SecEvent.Evt", "timeline-SysEvent.Evt"]
+    rows = {r["Provenance"]: r for r in timeline_rows if r["Source"] == "eventlog"}
+    for log in logs:
+        name, corrupt = log["label"].removeprefix("timeline-"), log["meta"].get("corrupt", [])
+        records = _evt_records(bytes.fromhex(log["data"]))
+        assert [n for _, n, _, _ in records] == [r["record_id"] for r in log["meta"]["records"]]
+        for offset, number, when, event_id in records:
+            row = rows.get(f"evt record in PID 496 {name} @ {log['va'] + offset:#x}")
+            if number in corrupt:
+                assert row is None
+                continue
+            assert (row["Time"], row["PID"]) == (when, None)
+            assert f" {event_id} (record {number}, EVT) on JOHN-PC" in row["Detail"]
+    security = sorted(r["Detail"].split(" (")[0] for r in rows.values() if "SecEvent.Evt" in r["Provenance"])
+    assert security == ["Security 528", "Security 592", "Security 592"]
+
+
+def _xp_only(x86_image) -> None:
+    if x86_image[1]["os"] != "xp-x86":
+        pytest.skip("Windows 7 keeps .evtx logs (the x64 check runs)")
+
+
+def test_xp_event_log_rows_name_their_computer(x86_image, timeline_rows):
+    _xp_only(x86_image)
+    logged = [r for r in timeline_rows if r["Source"] == "eventlog"]
+    assert next(r["Detail"] for r in logged if " 6009 " in r["Detail"]) == \
+        "EventLog 6009 (record 2, EVT) on JOHN-PC: 5.01.; 2600; Service Pack 3"
+    foreign = {r["Detail"].split(" on ")[1].split(":")[0] for r in logged if "logged on" in r["Flags"]}
+    assert foreign == {"WKS-ACCT07", "XPBOX"}
+
+
+def test_xp_exited_dropper_is_suspicious_on_timeline_evidence(x86_image, triage_run):
+    _xp_only(x86_image)
+    row, children = triage._by_pid(triage_run[0])[2940]
+    assert row["Score"] == 15
+    assert row["Reasons"].startswith("spyeye.timeline: after-exit (+10): network connected 28.500 s after PID 2940 "
+                                     "(invoice_0311.e) exited: TCPv4 192.168.56.101:49170 -> 198.51.100.23:8080")
+    assert ("; spyeye.timeline: event-log record (+5): Security 592 (record 2, EVT) on JOHN-PC: john; 0xb7c; "
+            "C:\\Users\\john\\Desktop\\invoice_0311.exe") in row["Reasons"]
+    assert [(c["Plugin"], c["Evidence"]) for c in children] == [
+        ("spyeye.timeline", "after-exit"), ("spyeye.timeline", "event-log record"),
+        ("spyeye.timeline", "event-log record"), ("spyeye.timeline", "connection"), ("spyeye.timeline", "connection")]

@@ -14,6 +14,7 @@ from volatility3.framework import constants, exceptions, interfaces, layers, sym
 from volatility3.framework.symbols.windows import versions
 from volatility3.plugins.windows import handles, netscan, poolscanner
 
+from . import xpnet
 from .parsers.patterns import PatternSet
 
 vollog = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ class PoolObjects:
 
     @staticmethod
     def _network_constraints(context, kernel_module_name: str, config_path: Optional[str]) -> List:
-        if versions.is_windows_xp(context, context.modules[kernel_module_name].symbol_table_name):
+        if xpnet.XpNet.os_problem(context, kernel_module_name) is None:
             return []    # XP's TCPT/TCPA objects: spyeye.xpnet (netscan starts at Vista)
         try:
             table = netscan.NetScan.create_netscan_symbol_table(context, kernel_module_name, config_path)
