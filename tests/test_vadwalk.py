@@ -32,6 +32,23 @@ def test_vad_facts_match_volatility_helpers_for_every_vad(win7_image):
     assert compared == len([v for v in truth["vads"] if v["pid"] in linked])
 
 
+def test_every_process_counts_the_vads_its_tree_gives(win7_image, caplog):
+    """The count the process keeps (Windows 7's table, Windows 10's ``VadCount``, XP's
+    ``NumberOfVads``) is the truth's, so the damaged-tree warning stays silent on a sound image."""
+    image, truth = win7_image
+    plugin = construct(image, "windows.pslist.PsList")
+    context, kernel_name = plugin.context, plugin.config["kernel"]
+    protect = vadwalk.protection_values(context, kernel_name)
+    counts = {}
+    for proc in pslist.PsList.list_processes(context, kernel_name):
+        pid = int(proc.UniqueProcessId)
+        counts[pid] = (vadwalk._vad_count(proc), len(list(vadwalk.process_vads(proc, protect))))
+    want = {p["pid"]: sum(1 for v in truth["vads"] if v["pid"] == p["pid"])
+            for p in truth["processes"] if p["linked"]}
+    assert counts == {pid: (n, n) for pid, n in want.items()} and sum(want.values()) > 100
+    assert "the process counts" not in caplog.text
+
+
 def test_vad_type_without_a_usable_layout_is_read_field_by_field(win7_image, monkeypatch):
     def no_layout(vad):
         raise AttributeError("data_format")

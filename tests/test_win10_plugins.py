@@ -100,6 +100,7 @@ CHECKS = [
     (timeline, "test_every_event_log_row_names_its_computer_and_others_are_flagged"),
     (vadwalk, "test_vad_facts_match_volatility_helpers_for_every_vad"),
     (vadwalk, "test_image_flag_and_sizes_from_the_truth"),
+    (vadwalk, "test_every_process_counts_the_vads_its_tree_gives"),
     (vadsearch, "test_every_resident_plant_found_with_process_vad_addresses_and_context"),
     (vadsearch, "test_straddling_hits_found_flagged_scattered_and_missed_by_linear_scan"),
     (vadsearch, "test_paged_out_keyword_is_not_reported"),

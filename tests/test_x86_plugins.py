@@ -20,6 +20,7 @@ import tests.test_spyeye_config as config
 import tests.test_timeline as timeline
 import tests.test_triage as triage
 import tests.test_vadsearch as vadsearch
+import tests.test_vadwalk as vadwalk
 from fixtures.plants.timeline import export_addresses, rtl_user_thread_start
 from tests.vol_runner import FileCollector, run_cli, run_plugin
 
@@ -97,6 +98,9 @@ RENAMED = {
     triage: {"triage": "triage_run"},
 }
 CHECKS = [
+    (vadwalk, "test_vad_facts_match_volatility_helpers_for_every_vad"),
+    (vadwalk, "test_image_flag_and_sizes_from_the_truth"),
+    (vadwalk, "test_every_process_counts_the_vads_its_tree_gives"),
     (timeline, "test_timeline_matches_truth_row_for_row_in_order"),
     (timeline, "test_thread_rows_carry_tid_and_start_addresses_without_the_repeated_thunk"),
     (timeline, "test_threads_starting_in_injected_code_name_the_dll_export_or_private_region"),

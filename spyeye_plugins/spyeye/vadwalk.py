@@ -389,10 +389,11 @@ def process_vads(proc, protect_values: Optional[List[int]]) -> Iterator[VadFacts
 
 def _vad_count(proc) -> Optional[int]:
     """How many VADs the process says it has (Windows 7's ``VadRoot.NumberGenericTableElements``,
-    ``VadCount`` from Windows 8), None where neither is there or readable."""
+    ``VadCount`` from Windows 8, XP's ``NumberOfVads``), None where none is there or readable."""
     try:
-        if proc.has_member("VadCount"):
-            return int(proc.VadCount)
+        for member in ("VadCount", "NumberOfVads"):
+            if proc.has_member(member):
+                return int(getattr(proc, member))
         root = proc.VadRoot
         return int(root.NumberGenericTableElements) if root.has_member("NumberGenericTableElements") else None
     except (exceptions.InvalidAddressException, AttributeError):
