@@ -9,6 +9,7 @@ import pefile
 import pytest
 from volatility3.plugins.windows import pslist
 
+from fixtures import profiles, scenarios
 from fixtures.pe_mapper import DLL_DIR
 from tests.vol_runner import construct
 
@@ -312,3 +313,18 @@ def test_win10_wow64_process_points_at_an_ewow64process(win10_image):
     assert (int(wow.Machine), str(wow.NtdllType.description)) == (0x14C, "PsWowX86SystemDll")
     assert int(wow.Peb) == next(v["start"] for v in truth["vads"] if v["pid"] == 2356 and v["start"] == 0xA01000)
     assert not int(procs[1484].WoW64Process)
+
+
+@pytest.mark.parametrize("os_name", sorted(profiles.PROFILES))
+def test_every_scenario_fits_each_profiles_user_space(os_name):
+    """Every VAD of every scenario lies in the profile's user space and no two of a process
+    overlap (bench-large's 1.5 GiB reservation included, below the x86 DLLs on 32-bit)."""
+    limit = profiles.get(os_name).highest_user_address
+    for make in (scenarios.spyeye, scenarios.bench_large):
+        scenario = make(os_name)
+        for proc in scenario.processes:
+            spans = sorted((v.start, v.end) for v in proc.vads)
+            assert all(end <= limit for _, end in spans), (scenario.name, proc.pid, hex(spans[-1][1]))
+            assert all(a_end < b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:])), (scenario.name, proc.pid)
+    bigmem = next(p for p in scenario.processes if p.pid == 4400)       # bench-large's huge VADs
+    assert sorted(v.end - v.start + 1 for v in bigmem.vads)[-2:] == [320 << 20, 1536 << 20]
