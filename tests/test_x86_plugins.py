@@ -324,3 +324,33 @@ def test_xp_exited_dropper_is_suspicious_on_timeline_evidence(x86_image, triage_
     assert [(c["Plugin"], c["Evidence"]) for c in children] == [
         ("spyeye.timeline", "after-exit"), ("spyeye.timeline", "event-log record"),
         ("spyeye.timeline", "event-log record"), ("spyeye.timeline", "connection"), ("spyeye.timeline", "connection")]
+
+
+def test_xpnet_lists_every_connection_and_socket_with_exact_times_and_owners(x86_image):
+    """``spyeye.xpnet`` on XP: each connection of the truth (active and closed) at its physical
+    offset, dated by its socket; the listeners; ``--pid`` and ``--name`` narrow the rows."""
+    image, truth = x86_image
+    _xp_only(x86_image)
+    rows = run_plugin(image, "spyeye.xpnet.XpNet")
+    names = {p["pid"]: p["image_file_name"] for p in truth["processes"]}
+    got = {(r["Offset(P)"], r["Proto"], r["LocalAddr"], r["LocalPort"], r["RemoteAddr"], r["RemotePort"],
+            r["State"], r["PID"], r["Owner"], r["Created"]) for r in rows}
+    want = set()
+    for c in truth["connections"]:
+        freed = " (freed)" if c["closed"] else ""
+        if c["tag"] == "TCPT":
+            want.add((c["offset_phys"], "TCP", c["local"], c["lport"], c["remote"], c["rport"],
+                      f"connection{freed}", c["pid"], names[c["pid"]], timeline.exact(c["create_time"])))
+            want.add(("socket", "TCP", "0.0.0.0", c["lport"], "*", 0, f"socket{freed}", c["pid"],
+                      names[c["pid"]], timeline.exact(c["create_time"])))
+        else:
+            want.add((c["offset_phys"], c["proto"][:3], c["local"], c["lport"], "*", 0, "socket", c["pid"],
+                      names[c["pid"]], timeline.exact(c["create_time"])))
+    sockets = {g[1:] for g in got if g[6].startswith("socket")} & {w[1:] for w in want if w[0] == "socket"}
+    assert {g for g in got if g[1:] not in sockets} == {w for w in want if w[0] != "socket"}
+    assert len(sockets) == sum(c["tag"] == "TCPT" for c in truth["connections"]) == 5
+    assert any(c["closed"] for c in truth["connections"]) and len(rows) == 2 * 5 + 3
+    dropper = run_plugin(image, "spyeye.xpnet.XpNet", {"pid": [2940]})
+    assert {(r["PID"], r["Owner"], r["State"]) for r in dropper} == {
+        (2940, "invoice_0311.e", s) for s in ("connection", "connection (freed)", "socket", "socket (freed)")}
+    assert {r["PID"] for r in run_plugin(image, "spyeye.xpnet.XpNet", {"name": ["svchost.exe"]})} == {692, 860}
