@@ -18,24 +18,30 @@ def _digest(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture(scope="module", params=["win7_image", "win10_image"])
-def built_os(request):
-    """(image, truth) of the default scenario on each OS profile."""
+@pytest.fixture(scope="module", params=["win7_image", "win10_image", "win7_x86_image", "xp_x86_image"])
+def built_any(request):
+    """(image, truth) of the default scenario on every OS profile, 32-bit ones included."""
     return request.getfixturevalue(request.param)
 
 
-def test_same_scenario_builds_the_same_bytes(tmp_path, built_os):
+@pytest.fixture(scope="module", params=["win7_image", "win10_image"])
+def built_os(request):
+    """(image, truth) of the default scenario on each x64 profile (WoW64, x64 hooks and IATs)."""
+    return request.getfixturevalue(request.param)
+
+
+def test_same_scenario_builds_the_same_bytes(tmp_path, built_any):
     """``python -m fixtures build --scenario spyeye --os OS`` rebuilds the session's image exactly."""
     from fixtures.__main__ import main
-    os_name = built_os[1]["os"]
+    os_name = built_any[1]["os"]
     assert main(["build", "--scenario", "spyeye", "--os", os_name, "--out", str(tmp_path)]) == 0
-    image = tmp_path / built_os[0].name
-    assert _digest(image) == _digest(built_os[0])
-    assert json.loads(image.with_suffix(".truth.json").read_text()) == built_os[1]
+    image = tmp_path / built_any[0].name
+    assert _digest(image) == _digest(built_any[0])
+    assert json.loads(image.with_suffix(".truth.json").read_text()) == built_any[1]
 
 
-def test_straddling_plants_sit_on_physically_distant_pages(built_os):
-    image, truth = built_os
+def test_straddling_plants_sit_on_physically_distant_pages(built_any):
+    image, truth = built_any
     raw = image.read_bytes()
     straddling = [p for p in truth["plants"] if "straddle" in p["label"] and p["resident"]]
     assert len(straddling) >= 3
@@ -46,8 +52,8 @@ def test_straddling_plants_sit_on_physically_distant_pages(built_os):
         assert raw[first["pa"]:first["pa"] + len(data)] != data  # a linear scan cannot see it
 
 
-def test_resident_single_page_plants_are_at_their_physical_address(built_os):
-    image, truth = built_os
+def test_resident_single_page_plants_are_at_their_physical_address(built_any):
+    image, truth = built_any
     raw = image.read_bytes()
     singles = [p for p in truth["plants"] if p["resident"] and len(p["pages"]) <= 1]
     assert len(singles) >= 5
@@ -56,8 +62,8 @@ def test_resident_single_page_plants_are_at_their_physical_address(built_os):
         assert raw[plant["pa"]:plant["pa"] + len(data)] == data
 
 
-def test_paged_out_plant_is_not_in_the_image(built_os):
-    image, truth = built_os
+def test_paged_out_plant_is_not_in_the_image(built_any):
+    image, truth = built_any
     (plant,) = [p for p in truth["plants"] if p["label"] == "bot-pagedout"]
     assert plant["pa"] is None and not plant["resident"]
     assert bytes.fromhex(plant["data"]) not in image.read_bytes()
