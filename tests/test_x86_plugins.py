@@ -191,10 +191,12 @@ def test_windows7_x64_check_holds_on_x86(request, monkeypatch, x86_image, module
 
 
 # --- the checks whose x64 values differ ------------------------------------------------------
-def test_info_reports_windows_7_x86(win7_x86_image):
-    image, truth = win7_x86_image
+@pytest.mark.parametrize("image_fixture, windows", [("win7_x86_image", "6.1 build 7601"),
+                                                    ("xp_x86_image", "5.1 build 2600")])
+def test_info_reports_the_32bit_build(request, image_fixture, windows):
+    image, truth = request.getfixturevalue(image_fixture)
     rows = {r["Property"]: r["Value"] for r in run_plugin(image, "spyeye.info.Info")}
-    assert rows["Windows"] == "6.1 build 7601"
+    assert rows["Windows"] == windows
     assert rows["Bitness"] == "32-bit"
     assert rows["Processes (active list)"] == str(sum(p["linked"] for p in truth["processes"]))
     assert rows["WoW64 processes"] == "0"
