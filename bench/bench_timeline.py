@@ -1,7 +1,7 @@
 """Benchmark: spyeye.timeline (all sources, event-log carving included) vs stock
 ``vol timeliner`` on the same image, in the same run.
 
-    python bench/bench_timeline.py [--image images/bench-large.raw] [--repeat 3]
+    python bench/bench_timeline.py [--os win7-x64|win10-x64|...] [--image images/bench-large.raw] [--repeat 3]
 
 Builds the bench-large image first when it is missing.  Stock timeliner runs
 without ``-p spyeye_plugins`` (only its own sources); a third case runs it with
@@ -14,7 +14,7 @@ import statistics
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-from common import DEFAULT_IMAGE, ensure_image, measure, vol
+from common import add_image_options, image_from_args, measure, vol
 
 
 
@@ -34,10 +34,10 @@ def cases(image: Path) -> Dict[str, List[str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
+    add_image_options(parser)
     parser.add_argument("--repeat", type=int, default=3, help="runs per case (median reported)")
     args = parser.parse_args()
-    ensure_image(args.image)
+    args.image = image_from_args(args)
     results: Dict[str, List[Tuple[float, float, int]]] = {name: [] for name in cases(args.image)}
     for _ in range(args.repeat):      # interleaved, so machine load affects every case alike
         for name, cmd in cases(args.image).items():

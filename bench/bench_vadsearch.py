@@ -2,7 +2,7 @@
 windows.vadyarascan, windows.vadregexscan and raw yara-python over the image
 file, same image, same run.
 
-    python bench/bench_vadsearch.py [--image images/bench-large.raw] [--repeat 3]
+    python bench/bench_vadsearch.py [--os win7-x64|win10-x64|...] [--image images/bench-large.raw] [--repeat 3]
 
 Builds the bench-large image first when it is missing.  Prints Markdown for
 bench/RESULTS.md: median wall time of interleaved runs (page cache warmed first), MB/s of VAD data (wall, and net of Volatility's
@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Set, Tuple
 
-from common import DEFAULT_IMAGE, ensure_image, measure, vol, warm_page_cache
+from common import add_image_options, image_from_args, measure, vol, warm_page_cache
 
 KEYWORDS = ["__CLEANSWEEP__", "cleansweep.exe", "hooked_func", "globpluginspipe", "__SPYNET__",
             "PR_Write", "SPYNET_CHUNK_EDGE", "collector.example.net", "config.bin", "zXeRY3a_PtW"]
@@ -58,10 +58,10 @@ def vol_hits(out: str, pid_col: str, addr_col: str) -> Set[Tuple[int, int]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
+    add_image_options(parser)
     parser.add_argument("--repeat", type=int, default=3, help="runs per tool (median reported)")
     args = parser.parse_args()
-    ensure_image(args.image)
+    args.image = image_from_args(args)
     truth = json.loads(args.image.with_name(args.image.stem + ".truth.json").read_text())
     rule = "rule kw { strings: " + " ".join(
         f'$k{i} = "{k}" ascii wide' for i, k in enumerate(KEYWORDS)) + " condition: any of them }"
