@@ -13,16 +13,15 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))      # the builder's profiles, for ``--os`` and the image's name
 
-from fixtures import profiles  # noqa: E402
+from fixtures import profiles, scenarios  # noqa: E402
 
 DEFAULT_OS = profiles.DEFAULT
 
 
 def image_name(os: str = DEFAULT_OS) -> str:
-    """The file name ``python -m fixtures build --scenario bench-large --os OS`` writes:
-    ``bench-large.raw`` on the default Windows 7 x64, ``bench-large-<short>.raw`` otherwise
-    (``bench-large-win10.raw``; the rule is ``fixtures.scenarios.bench_large``'s)."""
-    return "bench-large.raw" if os == profiles.DEFAULT else f"bench-large-{profiles.get(os).short}.raw"
+    """The file name ``python -m fixtures build --scenario bench-large --os OS`` writes
+    (``bench-large.raw``, ``bench-large-win10.raw`` …)."""
+    return f"{scenarios.bench_large_name(os)}.raw"
 
 
 def default_image(os: str = DEFAULT_OS) -> Path:

@@ -562,10 +562,11 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
         listening from their creation; a connection no socket dates is left out, with a warning."""
         found = [obj for _, obj in xpnet.XpNet.scan(context, kernel_name, config_path)]
         bound = xp_network.bound_sockets(found)
+        dating = set(bound.values())
         events = []
         for obj in found:
             where = f"xpnet (pool scan) {'freed ' if obj.freed else ''}{obj.kind} @ {obj.offset:#x}"
-            if obj.kind == "socket" and obj not in bound.values():
+            if obj.kind == "socket" and obj not in dating:
                 state = " LISTENING" if obj.proto == "TCP" else ""
                 events.append(Event(obj.created, "network", "listening", obj.pid, names.get(obj.pid),
                                     f"{obj.proto}v4 {obj.local_addr}:{obj.local_port}{state}", where))

@@ -145,9 +145,11 @@ def bound_sockets(found: Iterable[NetObject]) -> Dict[NetObject, NetObject]:
         if obj.kind == "socket" and obj.proto == "TCP":
             sockets.setdefault((obj.pid, obj.local_port), []).append(obj)
     out: Dict[NetObject, NetObject] = {}
+    used = set()
     for conn in (o for o in objects if o.kind == "connection"):
         candidates = [s for s in sockets.get((conn.pid, conn.local_port), [])
-                      if s.local_addr in (conn.local_addr, "0.0.0.0") and s not in out.values()]
+                      if s.local_addr in (conn.local_addr, "0.0.0.0") and s not in used]
         if candidates:
             out[conn] = max(candidates, key=lambda s: (s.freed == conn.freed, s.created))
+            used.add(out[conn])
     return out
