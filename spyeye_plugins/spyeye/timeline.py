@@ -560,7 +560,11 @@ class Timeline(interfaces.plugins.PluginInterface, timeliner.TimeLinerInterface)
                           config_path: str, names: Dict[int, str]) -> List[Event]:
         """XP: a connection at the time of the socket it was made through, other sockets
         listening from their creation; a connection no socket dates is left out, with a warning."""
-        found = [obj for _, obj in xpnet.XpNet.scan(context, kernel_name, config_path)]
+        found = []
+        try:
+            found.extend(obj for _, obj in xpnet.XpNet.scan(context, kernel_name, config_path))
+        except exceptions.InvalidAddressException as exc:
+            vollog.warning("the XP network pool scan stopped early (%s): later connections are missing", exc)
         bound = xp_network.bound_sockets(found)
         dating = set(bound.values())
         events = []
